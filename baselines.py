@@ -40,26 +40,34 @@ class Decoder(nn.Module):
     """z -> image logits: FC 128, FC to a small map, transposed convs (Appendix C, Table 3).
 
     Table 3 as printed ends the 32x32 decoder at 31x31 with one channel; we add output_padding=1
-    to its third layer and output the image's channels.
+    to its third layer and output the image's channels. batchnorm=True (the BiGAN generator) puts
+    BatchNorm after every hidden layer, as DCGAN/BiGAN generators do.
     """
 
-    def __init__(self, channels, image_size, latent_dim):
+    def __init__(self, channels, image_size, latent_dim, batchnorm=False):
         super().__init__()
         if image_size == 28:
             self.shape = (32, 3, 3)
-            up = [nn.ConvTranspose2d(32, 32, 4, 2, 1), nn.LeakyReLU(0.2),                 # 3 -> 6
-                  nn.ConvTranspose2d(32, 64, 4, 2, 1), nn.LeakyReLU(0.2),                 # 6 -> 12
-                  nn.ConvTranspose2d(64, 64, 4, 2, 0), nn.LeakyReLU(0.2),                 # 12 -> 26
-                  nn.ConvTranspose2d(64, channels, 3, 1, 0)]                              # 26 -> 28
+            convs = [nn.ConvTranspose2d(32, 32, 4, 2, 1),                                # 3 -> 6
+                     nn.ConvTranspose2d(32, 64, 4, 2, 1),                                # 6 -> 12
+                     nn.ConvTranspose2d(64, 64, 4, 2, 0)]                                # 12 -> 26
+            last = nn.ConvTranspose2d(64, channels, 3, 1, 0)                             # 26 -> 28
         else:
             self.shape = (512, 4, 4)
-            up = [nn.ConvTranspose2d(512, 32, 4, 2, 1), nn.LeakyReLU(0.2),                # 4 -> 8
-                  nn.ConvTranspose2d(32, 64, 4, 2, 1), nn.LeakyReLU(0.2),                 # 8 -> 16
-                  nn.ConvTranspose2d(64, 64, 3, 2, 1, output_padding=1), nn.LeakyReLU(0.2),  # 16 -> 32
-                  nn.ConvTranspose2d(64, channels, 3, 1, 1)]                              # 32 -> 32
-        self.fc = nn.Sequential(nn.Linear(latent_dim, 128), nn.ReLU(),
-                                nn.Linear(128, math.prod(self.shape)), nn.ReLU())
-        self.up = nn.Sequential(*up)
+            convs = [nn.ConvTranspose2d(512, 32, 4, 2, 1),                               # 4 -> 8
+                     nn.ConvTranspose2d(32, 64, 4, 2, 1),                                # 8 -> 16
+                     nn.ConvTranspose2d(64, 64, 3, 2, 1, output_padding=1)]              # 16 -> 32
+            last = nn.ConvTranspose2d(64, channels, 3, 1, 1)                             # 32 -> 32
+        fc = [nn.Linear(latent_dim, 128), nn.Linear(128, math.prod(self.shape))]
+
+        def hidden(layers, norm, act):
+            out = []
+            for layer in layers:
+                width = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+                out += [layer, norm(width), act()] if batchnorm else [layer, act()]
+            return out
+        self.fc = nn.Sequential(*hidden(fc, nn.BatchNorm1d, nn.ReLU))
+        self.up = nn.Sequential(*hidden(convs, nn.BatchNorm2d, lambda: nn.LeakyReLU(0.2)), last)
 
     def forward(self, z):
         lead = z.shape[:-1]
@@ -197,11 +205,13 @@ class BiGAN(nn.Module):
         super().__init__()
         self.latent_dim = latent_dim
         self.encoder = cebm.Encoder(channels, image_size, latent_dim, act)
-        self.generator = Decoder(channels, image_size, latent_dim)
+        # BatchNorm in G and dropout in D's z and joint layers (Donahue et al., 2017): without them
+        # D wins within 100 CPU-preset iterations and G saturates at tanh = -1 (all-black samples).
+        self.generator = Decoder(channels, image_size, latent_dim, batchnorm=True)
         self.disc_x = cebm.Encoder(channels, image_size, 256, "leakyrelu")
-        self.disc_z = nn.Sequential(nn.Linear(latent_dim, 256), nn.LeakyReLU(0.2))
-        self.disc_xz = nn.Sequential(nn.LeakyReLU(0.2), nn.Linear(512, 256), nn.LeakyReLU(0.2),
-                                     nn.Linear(256, 1))
+        self.disc_z = nn.Sequential(nn.Linear(latent_dim, 256), nn.LeakyReLU(0.2), nn.Dropout(0.2))
+        self.disc_xz = nn.Sequential(nn.LeakyReLU(0.2), nn.Dropout(0.2), nn.Linear(512, 256),
+                                     nn.LeakyReLU(0.2), nn.Dropout(0.2), nn.Linear(256, 1))
 
     def discriminate(self, x, z):
         """Logit of P(pair came from (x, E(x)) rather than (G(z), z))."""
@@ -214,6 +224,12 @@ class BiGAN(nn.Module):
         return self.encoder(x)
 
 
+def gan_loss(logit_real, logit_fake):
+    """Cross-entropy for 'real pairs are 1, generated pairs are 0'; swap the arguments to fool D."""
+    return (F.binary_cross_entropy_with_logits(logit_real, torch.ones_like(logit_real))
+            + F.binary_cross_entropy_with_logits(logit_fake, torch.zeros_like(logit_fake)))
+
+
 def bigan_step(model, opt_d, opt_ge):
     """The standard BiGAN game with the non-saturating generator/encoder loss."""
     disc_params = [p for n, p in model.named_parameters() if n.startswith("disc")]
@@ -223,20 +239,14 @@ def bigan_step(model, opt_d, opt_ge):
         x_fake = torch.tanh(model.generator(z))
         z_real = model.encoder(x)
         # Discriminator: real pairs (x, E(x)) -> 1, generated pairs (G(z), z) -> 0.
-        d_real = model.discriminate(x, z_real.detach())
-        d_fake = model.discriminate(x_fake.detach(), z)
-        loss_d = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
-                  + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
+        loss_d = gan_loss(model.discriminate(x, z_real.detach()), model.discriminate(x_fake.detach(), z))
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
         # Generator and encoder: fool the discriminator (labels swapped); D's weights stay fixed.
         for p in disc_params:
             p.requires_grad_(False)
-        g_real = model.discriminate(x, z_real)
-        g_fake = model.discriminate(x_fake, z)
-        loss_ge = (F.binary_cross_entropy_with_logits(g_real, torch.zeros_like(g_real))
-                   + F.binary_cross_entropy_with_logits(g_fake, torch.ones_like(g_fake)))
+        loss_ge = gan_loss(model.discriminate(x_fake, z), model.discriminate(x, z_real))
         opt_ge.zero_grad(set_to_none=True)
         loss_ge.backward()
         opt_ge.step()
@@ -269,7 +279,7 @@ def load_model(path, device="cpu"):
     """(model in eval mode, config) from a run folder or ckpt.pt written by baselines.py."""
     ckpt = cebm.load_checkpoint(path)
     model = build_model(ckpt["config"])
-    model.load_state_dict(ckpt["model"])
+    cebm.load_weights(model, ckpt, path)
     return model.to(device).eval(), ckpt["config"]
 
 

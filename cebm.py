@@ -563,11 +563,20 @@ def load_checkpoint(path):
     return ckpt
 
 
+def load_weights(model, ckpt, path):
+    """load_state_dict with one line instead of a key list when the code's model has changed."""
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError:
+        raise CEBMError(f"checkpoint {path} does not fit this code's {type(model).__name__} (written by an "
+                        f"older version?); retrain it into a fresh --out-dir") from None
+
+
 def load_model(path, device="cpu"):
     """(model in eval mode, config) from a run folder or a ckpt.pt of cebm.py."""
     ckpt = load_checkpoint(path)
     model = build_model(ckpt["config"])
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, ckpt, path)
     return model.to(device).eval(), ckpt["config"]
 
 
@@ -618,7 +627,7 @@ def train(cfg, model, step, optimizers, buffer=None):
             raise CEBMError(f"{ckpt_path} exists; pass --resume to continue it or choose another --out-dir")
         ckpt = load_checkpoint(ckpt_path)
         check_resumable(ckpt["config"], cfg)
-        model.load_state_dict(ckpt["model"])
+        load_weights(model, ckpt, ckpt_path)
         for name, opt in optimizers.items():
             opt.load_state_dict(ckpt["optimizers"][name])
         if buffer is not None:
@@ -626,7 +635,8 @@ def train(cfg, model, step, optimizers, buffer=None):
         set_rng_state(ckpt["rng"])
         start, seconds_before = ckpt["iteration"], ckpt["seconds"]
         _trim_metrics(log_path, start)
-        print(f"resuming {out} from iteration {start}", file=sys.stderr)
+        if start < cfg.iters:
+            print(f"resuming {out} from iteration {start}", file=sys.stderr)
     config = config_dict(cfg)
     tmp = out / "config.json.tmp"
     tmp.write_text(json.dumps(config, indent=2) + "\n")

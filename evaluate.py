@@ -98,7 +98,7 @@ def load_run(path, device):
     cfg = ckpt["config"]
     build = cebm.build_model if cfg["model"].startswith("cebm") else baselines.build_model
     model = build(cfg)
-    model.load_state_dict(ckpt["model"])
+    cebm.load_weights(model, ckpt, path)
     return model.to(device).eval(), cfg, {"iteration": ckpt["iteration"], "seconds": ckpt["seconds"]}
 
 

@@ -423,6 +423,16 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path, capsys):
         cebm.load_checkpoint(tmp_path / "nowhere")
 
 
+def test_checkpoint_of_another_architecture_is_a_clear_error(tmp_path):
+    """Weights that no longer fit the code's model (e.g. after a layer is added) give one line."""
+    model = cebm.GaussianCEBM(1, 28, latent_dim=4)
+    cfg = {"model": "cebm-gaussian", "dataset": "mnist", "latent_dim": 8, "act": "silu", "bias": "gaussian"}
+    cebm.save_checkpoint(tmp_path / "ckpt.pt", model, {}, None, 1, 0.0, cfg)
+    with pytest.raises(cebm.CEBMError, match="does not fit this code's GaussianCEBM") as e:
+        cebm.load_model(tmp_path)
+    assert "\n" not in str(e.value)
+
+
 # ================================================================================================
 # baselines.py
 # ================================================================================================
