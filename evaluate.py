@@ -433,7 +433,7 @@ def evaluate(args):
                     s_out = ood_scores(log_p, imgs, noise, device, args.seed + 1, batch)
                     for i, score in enumerate(("logp", "grad")):
                         row = [DATASET_NAMES.get(dataset, dataset), label(r), name,
-                               "log p(x)" if score == "logp" else "-||grad_x log p(x)||",
+                               "log p(x)" if score == "logp" else "-‖∇x log p(x)‖",
                                f"{100 * auroc(s_in[i], s_out[i]):.1f}", paper.get((score, name), "")]
                         ood_rows.append(row)
                         sec["ood"].append(row[1:])

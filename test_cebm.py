@@ -618,6 +618,8 @@ def test_evaluate_end_to_end_on_tiny_runs_of_every_model(tmp_path):
     report = (out / "report.md").read_text()
     assert "Few-shot" in report and "1-nearest" in report and "AUROC" in report
     assert "fashionmnist: skipped" in report and "BiGAN has no density" in report
+    ood_md = (out / "ood.md").read_text().splitlines()
+    assert len({line.count("|") for line in ood_md if line.startswith("|")}) == 1  # no '|' inside a cell
 
 
 def test_fast_and_eager_sgld_agree(tmp_path):
