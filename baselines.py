@@ -286,9 +286,12 @@ def load_model(path, device="cpu"):
 def run_baseline(cfg):
     if cfg.keep_heap:
         cebm.keep_freed_memory()
-    if cfg.sample or cfg.benchmark:
-        raise cebm.CEBMError("--sample and --benchmark are cebm.py options")
+    if cfg.benchmark:
+        raise cebm.CEBMError("--benchmark is a cebm.py option")
     torch.manual_seed(cfg.seed)
+    if cfg.sample:  # the IGEBM, an energy model, samples like a CEBM
+        cebm.write_samples(cfg, *load_model(cfg.out_dir, cfg.device))
+        return
     device = torch.device(cfg.device)
     channels, size, _ = cebm.DATASETS[cfg.dataset]
     model = build_model(cfg).to(device, memory_format=cebm.memory_format(cfg))
@@ -314,8 +317,7 @@ def run_baseline(cfg):
 
 def main(argv=None):
     parser = baseline_parser()
-    # --sample/--n-samples/--sample-steps are cebm.py's; parse_args expects them to exist.
-    parser.set_defaults(sample=False, sample_steps=0, n_samples=0, bias=None)
+    parser.set_defaults(bias=None)  # parse_args names a run after --bias when --model is absent
     known, _ = parser.parse_known_args(argv)
     cebm.main(argv, parser, run_baseline, model_name=known.model)
 

@@ -28,6 +28,7 @@ import shutil
 import sys
 import time
 import urllib.error
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -54,16 +55,17 @@ class Diverged(CEBMError):
 # explicitly overrides its preset value.
 PRESETS = {
     "paper": dict(iters=90_000, batch_size=128, sgld_steps=60, lr=1e-4, buffer_size=5000,
-                  log_every=100, ckpt_every=1000, sample_every=1000),
+                  log_every=100, ckpt_every=1000, sample_every=1000, probe_every=1000),
     # lr 5e-4: after 600 iterations, 10-shot MNIST 77.5 % vs 72.4 % at 1e-4 (results/choices/README.md).
     "cpu": dict(iters=600, batch_size=64, sgld_steps=20, lr=5e-4, buffer_size=5000,
-                log_every=10, ckpt_every=50, sample_every=100),
+                log_every=10, ckpt_every=50, sample_every=100, probe_every=200),
 }
 
 # Flags that may change when a run is resumed; every other setting must match the checkpoint.
 RESUMABLE_CHANGES = {"iters", "device", "resume", "out_dir", "data_dir", "log_every", "ckpt_every",
                      "sample_every", "eager", "channels_last", "keep_heap", "no_progress", "sample",
-                     "sample_steps", "n_samples", "benchmark", "bench_iters", "bench_mode"}
+                     "sample_steps", "n_samples", "benchmark", "bench_iters", "bench_mode", "export",
+                     "probe_every", "probe_n"}
 
 
 def build_parser(description=__doc__):
@@ -109,6 +111,11 @@ def build_parser(description=__doc__):
     g.add_argument("--log-every", type=int, help="iterations between metric rows (and host syncs)")
     g.add_argument("--ckpt-every", type=int, help="iterations between checkpoints")
     g.add_argument("--sample-every", type=int, help="iterations between sample grids")
+    g.add_argument("--probe-every", type=int,
+                   help="iterations between probe measurements (few-shot accuracy, OOD AUROC on a validation "
+                        "subset of the training set) written to probe.csv / probe.png; 0 = off")
+    g.add_argument("--probe-n", type=int, default=2000,
+                   help="training images held out (from the probe's labelled draws only) as its validation set")
     g.add_argument("--diverge-at", type=float, default=1e6,
                    help="stop when a logged quantity is non-finite or its magnitude exceeds this")
     g.add_argument("--no-progress", action="store_true", help="no tqdm bar (for log files)")
@@ -126,6 +133,15 @@ def build_parser(description=__doc__):
                         "(default: both image sizes unless --dataset is given)")
     g.add_argument("--bench-iters", type=int, default=5, help="timed iterations per mode for --benchmark")
     g.add_argument("--bench-mode", choices=["eager", "fast"], help=argparse.SUPPRESS)  # child processes
+    g = p.add_argument_group("using a trained model")
+    g.add_argument("--sample", action="store_true",
+                   help="load <out-dir>/ckpt.pt (or weights.pt) of an energy model and draw samples from "
+                        "uniform noise into <out-dir>/samples_<steps>steps.png, then exit")
+    g.add_argument("--sample-steps", type=int, default=500, help="SGLD steps for --sample (paper Fig. 2)")
+    g.add_argument("--n-samples", type=int, default=100, help="images drawn by --sample")
+    g.add_argument("--export", metavar="PATH",
+                   help="write the model weights and config of <out-dir>'s checkpoint (no optimizer or buffer) "
+                        "to PATH, a file that evaluate.py and --sample accept as weights.pt of a folder; exit")
     p.set_defaults(**PRESETS["paper"])
     return p
 
@@ -143,11 +159,6 @@ def cebm_parser():
     g.add_argument("--act", default="silu", choices=["silu", "leakyrelu"],
                    help="encoder activation: silu (official code, smooth dE/dx for SGLD) or leakyrelu "
                         "(paper's Table 2)")
-    g = p.add_argument_group("sampling")
-    g.add_argument("--sample", action="store_true",
-                   help="load <out-dir>/ckpt.pt and draw samples from uniform noise, then exit")
-    g.add_argument("--sample-steps", type=int, default=500, help="SGLD steps for --sample (paper Fig. 2)")
-    g.add_argument("--n-samples", type=int, default=100, help="images drawn by --sample")
     return p
 
 
@@ -164,9 +175,11 @@ def parse_args(parser, argv=None, model_name=None):
     if cfg.out_dir is None:
         cfg.out_dir = f"runs/{cfg.model}_{cfg.dataset}_{cfg.preset}_s{cfg.seed}"
     for name in ("iters", "batch_size", "sgld_steps", "buffer_size", "log_every", "ckpt_every",
-                 "sample_every"):
+                 "sample_every", "probe_n"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if cfg.probe_every < 0:
+        parser.error("--probe-every must be 0 (off) or more")
     return cfg
 
 
@@ -441,7 +454,9 @@ def sgld(energy, x, steps, step_size, noise_std):
     for _ in range(steps):
         x = x.detach().requires_grad_(True)
         grad, = torch.autograd.grad(energy(x).sum(), x)
-        x = x - step_size * grad + noise_std * torch.randn_like(x)
+        # randn(shape), not randn_like(x): the noise is then laid out by index, so a channels-last chain
+        # gets the same noise on the same pixels as a contiguous one.
+        x = x - step_size * grad + noise_std * torch.randn(x.shape, device=x.device, dtype=x.dtype)
     return x.detach()
 
 
@@ -550,8 +565,9 @@ def save_checkpoint(path, model, optimizers, buffer, iteration, seconds, config)
 def load_checkpoint(path):
     """Load a checkpoint dict onto the CPU, with a one-line error for missing or corrupt files."""
     path = Path(path)
-    if path.is_dir():
-        path = path / "ckpt.pt"
+    if path.is_dir():  # a run folder, or a folder of shipped weights
+        path = path / "ckpt.pt" if (path / "ckpt.pt").exists() or not (path / "weights.pt").exists() \
+            else path / "weights.pt"
     if not path.exists():
         raise CEBMError(f"no checkpoint at {path}")
     try:
@@ -561,6 +577,20 @@ def load_checkpoint(path):
     if not isinstance(ckpt, dict) or not {"config", "model", "iteration"} <= ckpt.keys():
         raise CEBMError(f"checkpoint {path} is not a checkpoint written by this code")
     return ckpt
+
+
+def export_weights(run, dest):
+    """Model weights, config, iteration and training seconds of a run, without optimizer, buffer or RNG:
+    what evaluate.py and --sample need, at a fraction of the checkpoint's size."""
+    ckpt = load_checkpoint(run)
+    slim = {k: ckpt[k] for k in ("config", "iteration", "seconds")}
+    slim["model"] = {k: v.contiguous() for k, v in ckpt["model"].items()}
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    torch.save(slim, tmp)
+    os.replace(tmp, dest)
+    print(f"wrote {dest} ({dest.stat().st_size / 2 ** 20:.2f} MB, iteration {slim['iteration']})")
 
 
 def load_weights(model, ckpt, path):
@@ -593,7 +623,7 @@ def check_resumable(saved, cfg):
 def read_metrics(path):
     """The metrics.csv of a run as a list of dicts of floats."""
     with open(path) as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: float(v) if v else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def _trim_metrics(path, iteration):
@@ -618,7 +648,7 @@ def train(cfg, model, step, optimizers, buffer=None):
     out = Path(cfg.out_dir)
     (out / "samples").mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = out / "ckpt.pt", out / "metrics.csv"
-    images, _ = load_dataset(cfg.dataset, cfg.data_dir, train=True)
+    images, labels = load_dataset(cfg.dataset, cfg.data_dir, train=True)
     images = images.to(device)
 
     start, seconds_before = 0, 0.0
@@ -644,9 +674,21 @@ def train(cfg, model, step, optimizers, buffer=None):
     if start >= cfg.iters:
         print(f"{out} already finished ({start} iterations)", file=sys.stderr)
         return
+    probe = Probe(cfg, images, labels, out) if cfg.probe_every else None
+    if probe:
+        _trim_metrics(out / "probe.csv", start if start else -1)  # a fresh start keeps no old rows
+    probe_time = 0.0  # excluded from the run's seconds: they count training only
+
+    def elapsed():
+        return seconds_before + time.time() - t0 - probe_time
 
     def save(done):
-        save_checkpoint(ckpt_path, model, optimizers, buffer, done, seconds_before + time.time() - t0, config)
+        save_checkpoint(ckpt_path, model, optimizers, buffer, done, elapsed(), config)
+
+    def measure(done):
+        nonlocal probe_time
+        row = probe(model, done, elapsed())
+        probe_time += row["probe_seconds"]
 
     new_log = not log_path.exists()
     log = open(log_path, "a", newline="")
@@ -657,6 +699,8 @@ def train(cfg, model, step, optimizers, buffer=None):
     t0 = time.time()
     last_good = start
     try:
+        if probe and start == 0:
+            measure(0)
         for it in range(start, cfg.iters):
             x = to_model_range(images[torch.randint(len(images), (cfg.batch_size,), device=device)])
             metrics, shown = step(x)
@@ -670,7 +714,7 @@ def train(cfg, model, step, optimizers, buffer=None):
             if done % cfg.log_every == 0 or finished or done % cfg.ckpt_every == 0:
                 # The only host sync of the loop: read averaged metrics and the divergence flag.
                 row = {"iteration": done, **{k: (v / count).item() for k, v in sums.items()},
-                       "seconds": round(seconds_before + time.time() - t0, 2)}
+                       "seconds": round(elapsed(), 2)}
                 if bad.item():
                     raise Diverged(f"training diverged by iteration {done} (" + ", ".join(
                         f"{k}={row[k]:.4g}" for k in metrics) + f"); the last good checkpoint "
@@ -687,6 +731,8 @@ def train(cfg, model, step, optimizers, buffer=None):
             if done % cfg.sample_every == 0 or finished:
                 save_image(shown[:64].float(), out / "samples" / f"iter_{done:06d}.png", nrow=8,
                            normalize=True, value_range=(-1, 1))
+            if probe and (done % cfg.probe_every == 0 or finished):
+                measure(done)
             if done % cfg.ckpt_every == 0 or finished:
                 save(done)
                 last_good = done
@@ -708,8 +754,301 @@ def sample(model, n, steps, step_size, noise_std, shape, device):
     return sgld(model.energy, x, steps, step_size, noise_std)
 
 
+def write_samples(cfg, model, saved):
+    """--sample: a grid of cfg.n_samples images after cfg.sample_steps SGLD steps (the run's own step size
+    and noise), written into the run folder."""
+    if not hasattr(model, "energy"):
+        raise CEBMError(f"--sample draws SGLD samples from energy models; {saved['model']} has no energy")
+    channels, size, _ = DATASETS[saved["dataset"]]
+    x = sample(model, cfg.n_samples, cfg.sample_steps, saved["sgld_step_size"], saved["sgld_noise"],
+               (channels, size, size), torch.device(cfg.device))
+    path = Path(cfg.out_dir) / f"samples_{cfg.sample_steps}steps.png"
+    save_image(x, path, nrow=int(math.sqrt(cfg.n_samples)), normalize=True, value_range=(-1, 1))
+    print(f"wrote {path}")
+
+
 # --------------------------------------------------------------------------------------------------
-# 8. Speed: CPU heap tuning and --benchmark (README "Speed")
+# 8. Measuring the representation (Table 1, Table 5) and the in-training probe
+# --------------------------------------------------------------------------------------------------
+# evaluate.py measures finished runs on the test sets with these functions; the probe measures the
+# model while it trains, with the same functions, on a fixed validation subset of the training set.
+
+# The paper's numbers, used only as reference lines and columns (never mixed into ours).
+# Table 1: test accuracy % at 1, 10, 100 labels per class and the full training set (BiGAN: poster).
+PAPER_TABLE1 = {
+    "mnist": {"vae": (42, 85, 92, 95), "gmmvae": (53, 86, 93, 97), "bigan": (33, 67, 85, 91),
+              "igebm": (63, 89, 95, 97), "cebm-gaussian": (67, 89, 95, 97), "cebm-gmm": (67, 91, 97, 98)},
+    "fashionmnist": {"vae": (41, 63, 72, 81), "gmmvae": (49, 68, 79, 84), "bigan": (46, 65, 75, 81),
+                     "igebm": (50, 70, 79, 83), "cebm-gaussian": (52, 70, 77, 83),
+                     "cebm-gmm": (52, 71, 80, 85)},
+    "cifar10": {"vae": (16, 22, 31, 38), "gmmvae": (19, 23, 33, 39), "bigan": (18, 30, 43, 52),
+                "igebm": (16, 26, 33, 42), "cebm-gaussian": (19, 30, 42, 52), "cebm-gmm": (16, 28, 42, 51)},
+    "svhn": {"vae": (13, 13, 16, 36), "gmmvae": (13, 14, 23, 56), "bigan": (11, 20, 42, 56),
+             "igebm": (10, 16, 35, 49), "cebm-gaussian": (12, 25, 48, 70), "cebm-gmm": (10, 17, 39, 60)},
+}
+# Table 5: AUROC % of models trained on Fashion-MNIST and CIFAR-10, keyed by (score, OOD set). The paper's
+# VAE rows score -log p(x) (official code); ours score log p(x) for every model.
+PAPER_TABLE5 = {
+    "fashionmnist": {
+        "vae": {("logp", "mnist"): 50, ("logp", "emnist"): 39, ("logp", "constant"): 9,
+                ("grad", "mnist"): 61, ("grad", "emnist"): 57, ("grad", "constant"): 1},
+        "igebm": {("logp", "mnist"): 35, ("logp", "emnist"): 36, ("logp", "constant"): 90,
+                  ("grad", "mnist"): 78, ("grad", "emnist"): 82, ("grad", "constant"): 96},
+        "cebm-gaussian": {("logp", "mnist"): 37, ("logp", "emnist"): 34, ("logp", "constant"): 90,
+                          ("grad", "mnist"): 82, ("grad", "emnist"): 89, ("grad", "constant"): 98},
+        "cebm-gmm": {("logp", "mnist"): 56, ("logp", "emnist"): 56, ("logp", "constant"): 92,
+                     ("grad", "mnist"): 56, ("grad", "emnist"): 80, ("grad", "constant"): 95},
+    },
+    "cifar10": {
+        "vae": {("logp", "svhn"): 42, ("logp", "textures"): 58, ("logp", "constant"): 41,
+                ("grad", "svhn"): 38, ("grad", "textures"): 51, ("grad", "constant"): 37},
+        "igebm": {("logp", "svhn"): 45, ("logp", "textures"): 31, ("logp", "constant"): 64,
+                  ("grad", "svhn"): 33, ("grad", "textures"): 17, ("grad", "constant"): 62},
+        "cebm-gaussian": {("logp", "svhn"): 47, ("logp", "textures"): 32, ("logp", "constant"): 66,
+                          ("grad", "svhn"): 31, ("grad", "textures"): 17, ("grad", "constant"): 54},
+        "cebm-gmm": {("logp", "svhn"): 55, ("logp", "textures"): 30, ("logp", "constant"): 62,
+                     ("grad", "svhn"): 40, ("grad", "textures"): 23, ("grad", "constant"): 62},
+    },
+}
+PROTOCOLS = ("paper", "standardized")
+
+
+def encode(fn, images, device, batch=500):
+    """fn(x in [-1, 1]) for uint8 images, in batches, as a float64 numpy array."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            out.append(fn(to_model_range(images[i:i + batch].to(device))).double().cpu())
+    return torch.cat(out).numpy()
+
+
+def few_shot_indices(labels, n, seed):
+    """Exactly n indices per class, drawn with the given seed."""
+    rng = np.random.RandomState(seed)
+    return np.concatenate([rng.choice(np.flatnonzero(labels == c), n, replace=False)
+                           for c in np.unique(labels)])
+
+
+def few_shot_draws(labels, shots, draws, pool=None):
+    """{shot: [index arrays]}: `draws` seeded draws of n labels per class from `pool` (default: all),
+    or the whole pool for 'full'."""
+    pool = np.arange(len(labels)) if pool is None else np.asarray(pool)
+    return {s: [pool] if s == "full" else [pool[few_shot_indices(labels[pool], int(s), seed)]
+                                            for seed in range(draws)] for s in shots}
+
+
+def classifier(protocol):
+    """'paper': the official code's LogisticRegression(solver='liblinear', max_iter=10000, random_state=0),
+    one-vs-rest (current scikit-learn runs liblinear on multiclass only through OneVsRestClassifier).
+    'standardized': multinomial lbfgs, for features standardised first (see few_shot)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+    if protocol == "paper":
+        return OneVsRestClassifier(LogisticRegression(solver="liblinear", max_iter=10_000, random_state=0))
+    return LogisticRegression(max_iter=1000)
+
+
+def few_shot(train_x, train_y, test_x, test_y, draws, protocol="paper"):
+    """{shot: [test accuracy of each draw]}: a logistic regression fitted on train_x[idx] for every
+    index array in draws[shot] (Sec. 5.2, Table 1). The 'paper' protocol fits raw features; the
+    'standardized' one first scales them with train_x's mean and std (no labels used)."""
+    if protocol == "standardized":
+        mean, std = train_x.mean(0), train_x.std(0) + 1e-8
+        train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    results = {}
+    for shot, idxs in draws.items():
+        accs = []
+        for idx in idxs:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # convergence warnings on the full set
+                clf = classifier(protocol).fit(train_x[idx], train_y[idx])
+            accs.append(float(clf.score(test_x, test_y)))
+        results[shot] = accs
+    return results
+
+
+def density(model, k=100):
+    """log p(x) up to a constant, as a function of x: -E(x) for energy models, the k-sample importance
+    estimate for VAEs; None for models without a density (BiGAN)."""
+    if hasattr(model, "energy"):
+        return lambda x: -model.energy(x)
+    if hasattr(model, "log_px"):
+        return lambda x: model.log_px(x, k)
+    return None
+
+
+def score_noise(model, config):
+    """Score each model on the inputs it was trained on: EBMs saw data noise (and the official code scores
+    them with it), the VAEs clean images."""
+    return config.get("data_noise", 0.0) if hasattr(model, "energy") else 0.0
+
+
+def scores(log_p, x):
+    """The two OOD scores of a batch: log p(x) and -‖∇x log p(x)‖ (Grathwohl et al. 2019)."""
+    x = x.detach().requires_grad_(True)
+    lp = log_p(x)
+    gx, = torch.autograd.grad(lp.sum(), x)
+    return lp.detach(), -gx.flatten(1).norm(dim=1)
+
+
+def ood_scores(log_p, images, noise_std, device, seed, batch=100):
+    """Both scores for every uint8 image, with noise of std noise_std added first. Every random draw
+    (the noise, a VAE's importance samples) comes from `seed` inside a forked RNG: the same call gives
+    the same numbers, and the caller's random state is untouched."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    devices = [device] if torch.device(device).type == "cuda" else []
+    logp, grad = [], []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for i in range(0, len(images), batch):
+            x = to_model_range(images[i:i + batch].cpu())
+            lp, gs = scores(log_p, (x + noise_std * torch.randn(x.shape, generator=g)).to(device))
+            logp.append(lp.cpu())
+            grad.append(gs.cpu())
+    return torch.cat(logp).double().numpy(), torch.cat(grad).double().numpy()
+
+
+def auroc(in_scores, out_scores):
+    """Area under the ROC curve with in-distribution = positive and higher score = more in-distribution."""
+    from sklearn.metrics import roc_auc_score
+    y = np.r_[np.ones(len(in_scores)), np.zeros(len(out_scores))]
+    return float(roc_auc_score(y, np.r_[in_scores, out_scores]))
+
+
+MNIST_FAMILY_OTHER = {"mnist": "fashionmnist", "fashionmnist": "mnist"}
+
+
+def dataset_on_disk(name, data_dir):
+    """True when the training split of an MNIST-family set is under data_dir (no download is tried)."""
+    sub = {"mnist": "MNIST", "fashionmnist": "FashionMNIST"}[name]
+    raw = Path(data_dir) / sub / "raw"
+    return any((raw / f"train-images-idx3-ubyte{ext}").exists() for ext in ("", ".gz"))
+
+
+class Probe:
+    """Measures the model every --probe-every iterations while it trains (probe.csv, probe.png).
+
+    Few-shot accuracy (paper protocol) at 1, 10 and 100 labels per class, PROBE_DRAWS fixed draws from the
+    training set minus a fixed validation subset, scored on that subset; for the MNIST family also OOD
+    AUROCs of log p(x) and of the gradient score, validation images vs the other set's training split
+    (when on disk) and constant images. Its draws are fixed at the start from its own seed and it runs in
+    a forked RNG, so training follows the same trajectory, bit for bit, with the probe on or off.
+    """
+    SEED, DRAWS, OOD_N = 12345, 3, 1000
+
+    def __init__(self, cfg, images, labels, out):
+        self.cfg, self.images, self.out = cfg, images, Path(out)
+        labels = labels.cpu().numpy()
+        perm = np.random.RandomState(self.SEED).permutation(len(labels))
+        n_val = min(cfg.probe_n, len(labels) // 2)
+        self.val, pool = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+        self.val_y = labels[self.val]
+        counts = np.bincount(labels[pool])
+        shots = [s for s in ("1", "10", "100") if counts.min() >= int(s)]
+        draws = few_shot_draws(labels, shots, self.DRAWS, pool)
+        self.labelled = np.unique(np.concatenate([i for idxs in draws.values() for i in idxs]))
+        self.labelled_y = labels[self.labelled]
+        self.draws = {s: [np.searchsorted(self.labelled, i) for i in idxs] for s, idxs in draws.items()}
+        self.ood = self._ood_sets(len(images)) if cfg.dataset in MNIST_FAMILY_OTHER else {}
+
+    def _ood_sets(self, n_train):
+        g = torch.Generator().manual_seed(self.SEED)
+        n = min(self.OOD_N, len(self.val))
+        sets = {}
+        other = MNIST_FAMILY_OTHER[self.cfg.dataset]
+        if dataset_on_disk(other, self.cfg.data_dir):
+            x_other = load_dataset(other, self.cfg.data_dir, train=True)[0]
+            sets[other] = x_other[torch.randperm(len(x_other), generator=g)[:n]]
+        level = torch.randint(0, 256, (n, 1, 1, 1), generator=g).to(torch.uint8)
+        sets["constant"] = level.expand(n, 1, 28, 28).contiguous()
+        return sets
+
+    def __call__(self, model, iteration, seconds):
+        """Measure, append a row to probe.csv, redraw probe.png; return the row."""
+        t = time.time()
+        was_training = model.training
+        model.eval()
+        device = self.images.device
+        row = {"iteration": iteration, "seconds": round(seconds, 2)}
+        val_x = encode(model.latent, self.images[torch.as_tensor(self.val, device=device)], device)
+        lab_x = encode(model.latent, self.images[torch.as_tensor(self.labelled, device=device)], device)
+        for shot, accs in few_shot(lab_x, self.labelled_y, val_x, self.val_y, self.draws).items():
+            row[f"acc{shot}"] = round(100 * float(np.mean(accs)), 2)
+        log_p = density(model, k=16)
+        if self.ood and log_p is not None:
+            noise = score_noise(model, vars(self.cfg))
+            x_in = self.images[torch.as_tensor(self.val[:self.OOD_N], device=device)]
+            s_in = ood_scores(log_p, x_in, noise, device, self.SEED)
+            for name, imgs in self.ood.items():
+                s_out = ood_scores(log_p, imgs, noise, device, self.SEED + 1)
+                row[f"auroc_logp_{name}"] = round(100 * auroc(s_in[0], s_out[0]), 2)
+                row[f"auroc_grad_{name}"] = round(100 * auroc(s_in[1], s_out[1]), 2)
+        model.train(was_training)
+        row["probe_seconds"] = round(time.time() - t, 2)
+        self._append(row)
+        plot_probe(self.out / "probe.csv", self.out / "probe.png", self.cfg.dataset, self.cfg.model)
+        return row
+
+    def _append(self, row):
+        path = self.out / "probe.csv"
+        header = None
+        if path.exists():
+            with open(path) as f:
+                header = next(csv.reader(f), None)
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=header or list(row), extrasaction="ignore")
+            if header is None:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+def paper_targets(dataset, model):
+    """{probe column: the paper's value} for the reference lines of probe.png."""
+    targets = {}
+    table1 = PAPER_TABLE1.get(dataset, {}).get(model)
+    if table1:
+        targets.update({"acc1": table1[0], "acc10": table1[1], "acc100": table1[2]})
+    for (score, ood_set), value in PAPER_TABLE5.get(dataset, {}).get(model, {}).items():
+        targets[f"auroc_{score}_{ood_set}"] = value
+    return targets
+
+
+def plot_probe(csv_path, png_path, dataset, model):
+    """probe.png: few-shot accuracy (top) and OOD AUROC (bottom) over iterations (left) and training
+    minutes (right); dashed lines at the paper's values."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = read_metrics(csv_path)
+    if not rows:
+        return
+    targets = paper_targets(dataset, model)
+    groups = [[k for k in rows[0] if k.startswith("acc")], [k for k in rows[0] if k.startswith("auroc")]]
+    groups = [g for g in groups if g]
+    fig, axes = plt.subplots(len(groups), 2, figsize=(11, 3.6 * len(groups)), squeeze=False)
+    xs = {"iteration": [r["iteration"] for r in rows], "training minutes": [r["seconds"] / 60 for r in rows]}
+    for i, keys in enumerate(groups):
+        for j, (xlabel, x) in enumerate(xs.items()):
+            ax = axes[i, j]
+            for n, key in enumerate(keys):
+                color = f"C{n}"
+                ax.plot(x, [r[key] for r in rows], "o-", ms=2.5, color=color, label=key)
+                if key in targets:
+                    ax.axhline(targets[key], color=color, ls="--", lw=0.9)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("validation accuracy %" if i == 0 else "AUROC %")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.suptitle(f"probe: {model} on {dataset} (dashed: the paper's value)", fontsize=10)
+    fig.tight_layout()
+    tmp = Path(png_path).with_name("probe.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, png_path)
+
+
+# --------------------------------------------------------------------------------------------------
+# 9. Speed: CPU heap tuning and --benchmark (README "Speed")
 # --------------------------------------------------------------------------------------------------
 
 def keep_freed_memory():
@@ -846,7 +1185,7 @@ def benchmark(cfg, argv):
 
 
 # --------------------------------------------------------------------------------------------------
-# 9. main
+# 10. main
 # --------------------------------------------------------------------------------------------------
 
 def run_cebm(cfg):
@@ -856,13 +1195,7 @@ def run_cebm(cfg):
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
     if cfg.sample:
-        model, saved = load_model(cfg.out_dir, device)
-        channels, size, _ = DATASETS[saved["dataset"]]
-        x = sample(model, cfg.n_samples, cfg.sample_steps, saved["sgld_step_size"], saved["sgld_noise"],
-                   (channels, size, size), device)
-        path = Path(cfg.out_dir) / f"samples_{cfg.sample_steps}steps.png"
-        save_image(x, path, nrow=int(math.sqrt(cfg.n_samples)), normalize=True, value_range=(-1, 1))
-        print(f"wrote {path}")
+        write_samples(cfg, *load_model(cfg.out_dir, device))
         return
     channels, size, _ = DATASETS[cfg.dataset]
     model = build_model(cfg).to(device, memory_format=memory_format(cfg))
@@ -877,7 +1210,9 @@ def main(argv=None, parser=None, run=run_cebm, model_name=None):
     argv = sys.argv[1:] if argv is None else argv
     cfg = parse_args(parser or cebm_parser(), argv, model_name)
     try:
-        if cfg.bench_mode:
+        if cfg.export:
+            export_weights(cfg.out_dir, cfg.export)
+        elif cfg.bench_mode:
             _bench_child(cfg)
         elif cfg.benchmark:
             benchmark(cfg, argv)

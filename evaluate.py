@@ -29,42 +29,6 @@ ORDER = ["pixels", "vae", "gmmvae", "bigan", "igebm", "cebm-gaussian", "cebm-gmm
 DATASET_NAMES = {"mnist": "MNIST", "fashionmnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "svhn": "SVHN",
                  "digits": "digits (sklearn)"}
 
-# Reference numbers, copied from the paper for comparison only (never mixed into our columns).
-# Table 1 (accuracy %, 1/10/100 shots per class and the full training set); BiGAN from the poster.
-PAPER_TABLE1 = {
-    "mnist": {"vae": (42, 85, 92, 95), "gmmvae": (53, 86, 93, 97), "bigan": (33, 67, 85, 91),
-              "igebm": (63, 89, 95, 97), "cebm-gaussian": (67, 89, 95, 97), "cebm-gmm": (67, 91, 97, 98)},
-    "fashionmnist": {"vae": (41, 63, 72, 81), "gmmvae": (49, 68, 79, 84), "bigan": (46, 65, 75, 81),
-                     "igebm": (50, 70, 79, 83), "cebm-gaussian": (52, 70, 77, 83),
-                     "cebm-gmm": (52, 71, 80, 85)},
-    "cifar10": {"vae": (16, 22, 31, 38), "gmmvae": (19, 23, 33, 39), "bigan": (18, 30, 43, 52),
-                "igebm": (16, 26, 33, 42), "cebm-gaussian": (19, 30, 42, 52), "cebm-gmm": (16, 28, 42, 51)},
-    "svhn": {"vae": (13, 13, 16, 36), "gmmvae": (13, 14, 23, 56), "bigan": (11, 20, 42, 56),
-             "igebm": (10, 16, 35, 49), "cebm-gaussian": (12, 25, 48, 70), "cebm-gmm": (10, 17, 39, 60)},
-}
-# Table 5 (AUROC %), models trained on Fashion-MNIST and CIFAR-10: (score, OOD set) -> value.
-PAPER_TABLE5 = {
-    "fashionmnist": {
-        "vae": {("logp", "mnist"): 50, ("logp", "emnist"): 39, ("logp", "constant"): 9,
-                ("grad", "mnist"): 61, ("grad", "emnist"): 57, ("grad", "constant"): 1},
-        "igebm": {("logp", "mnist"): 35, ("logp", "emnist"): 36, ("logp", "constant"): 90,
-                  ("grad", "mnist"): 78, ("grad", "emnist"): 82, ("grad", "constant"): 96},
-        "cebm-gaussian": {("logp", "mnist"): 37, ("logp", "emnist"): 34, ("logp", "constant"): 90,
-                          ("grad", "mnist"): 82, ("grad", "emnist"): 89, ("grad", "constant"): 98},
-        "cebm-gmm": {("logp", "mnist"): 56, ("logp", "emnist"): 56, ("logp", "constant"): 92,
-                     ("grad", "mnist"): 56, ("grad", "emnist"): 80, ("grad", "constant"): 95},
-    },
-    "cifar10": {
-        "vae": {("logp", "svhn"): 42, ("logp", "textures"): 58, ("logp", "constant"): 41,
-                ("grad", "svhn"): 38, ("grad", "textures"): 51, ("grad", "constant"): 37},
-        "igebm": {("logp", "svhn"): 45, ("logp", "textures"): 31, ("logp", "constant"): 64,
-                  ("grad", "svhn"): 33, ("grad", "textures"): 17, ("grad", "constant"): 62},
-        "cebm-gaussian": {("logp", "svhn"): 47, ("logp", "textures"): 32, ("logp", "constant"): 66,
-                          ("grad", "svhn"): 31, ("grad", "textures"): 17, ("grad", "constant"): 54},
-        "cebm-gmm": {("logp", "svhn"): 55, ("logp", "textures"): 30, ("logp", "constant"): 62,
-                     ("grad", "svhn"): 40, ("grad", "textures"): 23, ("grad", "constant"): 62},
-    },
-}
 # Poster: 1-NN accuracy on CIFAR-10.
 PAPER_KNN = {"cifar10": {"pixels": 0.35, "vae": 0.38, "cebm-gaussian": 0.45}}
 
@@ -76,9 +40,11 @@ def parse_args(argv=None):
     p.add_argument("--out", default="results/eval", help="folder for tables, figures and report.md")
     p.add_argument("--shots", default="1,10,100,full", help="labelled examples per class; 'full' = all")
     p.add_argument("--draws", type=int, default=10, help="seeded random draws per few-shot setting")
-    p.add_argument("--no-standardize", action="store_true",
-                   help="fit the logistic regression on raw features instead of features standardised "
-                        "with the (unlabelled) training set's mean and std")
+    p.add_argument("--protocol", default="paper",
+                   help="few-shot protocol(s), comma-separated: 'paper' (the official code: one-vs-rest "
+                        "liblinear logistic regression on raw features) and/or 'standardized' (multinomial "
+                        "lbfgs on features standardised with the unlabelled training set's mean and std); "
+                        "each gets its own labelled rows (default: paper)")
     p.add_argument("--ood-n", type=int, default=0, help="images per OOD set and of the test set (0 = all)")
     p.add_argument("--ood-k", type=int, default=100, help="importance samples of the VAEs' log p(x)")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: fewshot, knn, ood")
@@ -102,47 +68,8 @@ def load_run(path, device):
     return model.to(device).eval(), cfg, {"iteration": ckpt["iteration"], "seconds": ckpt["seconds"]}
 
 
-def encode(fn, images, device, batch=500):
-    """fn(x in [-1, 1]) for uint8 images, in batches, as a float64 numpy array."""
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(images), batch):
-            out.append(fn(cebm.to_model_range(images[i:i + batch].to(device))).double().cpu())
-    return torch.cat(out).numpy()
-
-
 def pixels(x):
     return x.flatten(1)
-
-
-# --------------------------------------------------------------------------------------------------
-# Few-shot classification (Table 1)
-# --------------------------------------------------------------------------------------------------
-
-def few_shot_indices(labels, n, seed):
-    """Exactly n training indices per class, drawn with the given seed."""
-    rng = np.random.RandomState(seed)
-    return np.concatenate([rng.choice(np.flatnonzero(labels == c), n, replace=False)
-                           for c in np.unique(labels)])
-
-
-def few_shot(train_x, train_y, test_x, test_y, shots, draws, standardize=True):
-    """{shot: list of test accuracies}: logistic regression on n labelled examples per class."""
-    from sklearn.linear_model import LogisticRegression
-    if standardize:  # statistics of the unlabelled training set, shared by every draw
-        mean, std = train_x.mean(0), train_x.std(0) + 1e-8
-        train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
-    results = {}
-    for shot in shots:
-        accs = []
-        for seed in range(1 if shot == "full" else draws):
-            idx = np.arange(len(train_y)) if shot == "full" else few_shot_indices(train_y, int(shot), seed)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # lbfgs may stop at max_iter on the full set
-                clf = LogisticRegression(max_iter=1000).fit(train_x[idx], train_y[idx])
-            accs.append(float(clf.score(test_x, test_y)))
-        results[shot] = accs
-    return results
 
 
 # --------------------------------------------------------------------------------------------------
@@ -225,43 +152,6 @@ def _load_textures(data_dir, size=32):
     return torch.stack(images)
 
 
-def ood_score_fn(model, cfg, k):
-    """log p(x) up to a constant: -E(x) for energy models, the k-sample importance estimate for VAEs;
-    None for models without a density (BiGAN)."""
-    if hasattr(model, "energy"):
-        return lambda x: -model.energy(x)
-    if hasattr(model, "log_px"):
-        return lambda x: model.log_px(x, k)
-    return None
-
-
-def scores(log_p, x):
-    """The two OOD scores of a batch: log p(x) and -‖∇x log p(x)‖ (Grathwohl et al. 2019)."""
-    x = x.detach().requires_grad_(True)
-    lp = log_p(x)
-    gx, = torch.autograd.grad(lp.sum(), x)
-    return lp.detach(), -gx.flatten(1).norm(dim=1)
-
-
-def ood_scores(log_p, images, noise_std, device, seed, batch=100):
-    """Both scores for every image, with the training data noise added first (as the paper's code)."""
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    logp, grad = [], []
-    for i in range(0, len(images), batch):
-        x = cebm.to_model_range(images[i:i + batch])
-        lp, gs = scores(log_p, (x + noise_std * torch.randn(x.shape, generator=g)).to(device))
-        logp.append(lp.cpu())
-        grad.append(gs.cpu())
-    return torch.cat(logp).double().numpy(), torch.cat(grad).double().numpy()
-
-
-def auroc(in_scores, out_scores):
-    """Area under the ROC curve with in-distribution = positive and higher score = more in-distribution."""
-    from sklearn.metrics import roc_auc_score
-    y = np.r_[np.ones(len(in_scores)), np.zeros(len(out_scores))]
-    return float(roc_auc_score(y, np.r_[in_scores, out_scores]))
-
-
 # --------------------------------------------------------------------------------------------------
 # Tables and figures
 # --------------------------------------------------------------------------------------------------
@@ -342,6 +232,10 @@ def evaluate(args):
     for s in shots:
         if s != "full" and not s.isdigit():
             raise cebm.CEBMError(f"--shots takes whole numbers and 'full', not '{s}'")
+    protocols = [p.strip() for p in args.protocol.split(",")]
+    for p in protocols:
+        if p not in cebm.PROTOCOLS:
+            raise cebm.CEBMError(f"--protocol takes {' and/or '.join(cebm.PROTOCOLS)}, not '{p}'")
 
     runs = []
     for path in args.runs:
@@ -368,27 +262,29 @@ def evaluate(args):
         x_train, y_train = cebm.load_dataset(dataset, args.data_dir, train=True)
         x_test, y_test = cebm.load_dataset(dataset, args.data_dir, train=False)
         y_train, y_test = y_train.numpy(), y_test.numpy()
-        feats = {"pixels": (encode(pixels, x_train, device), encode(pixels, x_test, device))}
+        feats = {"pixels": (cebm.encode(pixels, x_train, device), cebm.encode(pixels, x_test, device))}
         labels = {"pixels": "pixels"}
         for r in drs:
             key = r["path"]
             labels[key] = label(r)
-            feats[key] = (encode(r["model"].latent, x_train, device), encode(r["model"].latent, x_test, device))
+            feats[key] = (cebm.encode(r["model"].latent, x_train, device), cebm.encode(r["model"].latent, x_test, device))
         sec = {"dataset": dataset, "fewshot": [], "knn": [], "ood": [], "figures": []}
 
         if "fewshot" not in skip:
+            draws = cebm.few_shot_draws(y_train, shots, args.draws)
             for key, (ftr, fte) in feats.items():
                 t = time.time()
-                res = few_shot(ftr, y_train, fte, y_test, shots, args.draws, not args.no_standardize)
-                model_key = "pixels" if key == "pixels" else next(r["cfg"]["model"] for r in drs if r["path"] == key)
-                paper = PAPER_TABLE1.get(dataset, {}).get(model_key)
-                row = [DATASET_NAMES.get(dataset, dataset), labels[key]] + [pct(res[s]) for s in shots]
-                row += [paper[["1", "10", "100", "full"].index(s)] if paper and s in ("1", "10", "100", "full")
-                        else "" for s in shots]
-                fewshot_rows.append(row)
-                sec["fewshot"].append(row[1:])
-                print(f"   few-shot {labels[key]}: " + ", ".join(f"{s}: {pct(res[s])}" for s in shots)
-                      + f" ({time.time() - t:.0f}s)", file=sys.stderr)
+                for protocol in protocols:
+                    res = cebm.few_shot(ftr, y_train, fte, y_test, draws, protocol)
+                    model_key = "pixels" if key == "pixels" else next(r["cfg"]["model"] for r in drs if r["path"] == key)
+                    paper = cebm.PAPER_TABLE1.get(dataset, {}).get(model_key)
+                    row = [DATASET_NAMES.get(dataset, dataset), labels[key], protocol] + [pct(res[s]) for s in shots]
+                    row += [paper[["1", "10", "100", "full"].index(s)] if paper and protocol == "paper" else ""
+                            for s in shots]
+                    fewshot_rows.append(row)
+                    sec["fewshot"].append(row[1:])
+                    print(f"   few-shot {labels[key]} ({protocol}): " + ", ".join(f"{s}: {pct(res[s])}" for s in shots)
+                          + f" ({time.time() - t:.0f}s)", file=sys.stderr)
 
         if "knn" not in skip:
             mats, nn2 = {}, {}
@@ -421,26 +317,26 @@ def evaluate(args):
             if args.ood_n:
                 x_in = x_test[torch.randperm(len(x_test), generator=torch.Generator().manual_seed(args.seed))[:args.ood_n]]
             for r in drs:
-                log_p = ood_score_fn(r["model"], r["cfg"], args.ood_k)
+                log_p = cebm.density(r["model"], args.ood_k)
                 if log_p is None:
                     notes.append(f"{DATASET_NAMES.get(dataset, dataset)}: {label(r)} has no density; no OOD scores")
                     continue
-                noise = r["cfg"].get("data_noise", 0.0)
+                noise = cebm.score_noise(r["model"], r["cfg"])
                 batch = 100 if hasattr(r["model"], "energy") else max(1, 2000 // args.ood_k)
-                s_in = ood_scores(log_p, x_in, noise, device, args.seed, batch)
-                paper = PAPER_TABLE5.get(dataset, {}).get(r["cfg"]["model"], {})
+                s_in = cebm.ood_scores(log_p, x_in, noise, device, args.seed, batch)
+                paper = cebm.PAPER_TABLE5.get(dataset, {}).get(r["cfg"]["model"], {})
                 for name, imgs in sets.items():
-                    s_out = ood_scores(log_p, imgs, noise, device, args.seed + 1, batch)
+                    s_out = cebm.ood_scores(log_p, imgs, noise, device, args.seed + 1, batch)
                     for i, score in enumerate(("logp", "grad")):
                         row = [DATASET_NAMES.get(dataset, dataset), label(r), name,
                                "log p(x)" if score == "logp" else "-‖∇x log p(x)‖",
-                               f"{100 * auroc(s_in[i], s_out[i]):.1f}", paper.get((score, name), "")]
+                               f"{100 * cebm.auroc(s_in[i], s_out[i]):.1f}", paper.get((score, name), "")]
                         ood_rows.append(row)
                         sec["ood"].append(row[1:])
                 print(f"   OOD {label(r)} done", file=sys.stderr)
         sections.append(sec)
 
-    fs_header = ["dataset", "model"] + [f"ours {s}" for s in shots] + [f"paper {s}" for s in shots]
+    fs_header = ["dataset", "model", "protocol"] + [f"ours {s}" for s in shots] + [f"paper {s}" for s in shots]
     if "fewshot" not in skip:
         write_table(out / "fewshot", fs_header, fewshot_rows)
     if "knn" not in skip:
@@ -473,13 +369,16 @@ def write_report(path, args, runs, sections, notes, shots, seconds, label, devic
              f"- command: `{cmd}`",
              f"- evaluation: {hardware()}, {torch.get_num_threads()} CPU threads, "
              f"device {device}, torch {torch.__version__}, {seconds / 60:.1f} min",
-             f"- few-shot: scikit-learn LogisticRegression (lbfgs, C=1, max_iter=1000) on "
-             + ("raw features" if args.no_standardize else "features standardised with the training set's "
-                "mean and std") + f"; {args.draws} seeded draws of exactly n labels per class; accuracy "
-             "on the full test set, mean ± std over draws ('full': one fit on the whole training set)",
+             "- few-shot, protocol 'paper' (the official code's): one-vs-rest LogisticRegression(solver="
+             "'liblinear', max_iter=10000, random_state=0) on raw features; 'standardized': multinomial lbfgs "
+             "(C=1, max_iter=1000) on features standardised with the training set's mean and std. "
+             f"{args.draws} seeded draws of exactly n labels per class; accuracy on the full test set, mean ± "
+             "std over draws ('full': one fit on the whole training set). Paper columns only on 'paper' rows",
              f"- 1-NN: L2 distance between latents (pixels for the pixel row); OOD: "
-             f"{'all' if not args.ood_n else args.ood_n} test images per set, training data noise added to "
-             f"both sides, VAE log p(x) with {args.ood_k} importance samples", "",
+             f"{'all' if not args.ood_n else args.ood_n} test images per set; energy models scored with their "
+             f"training data noise added to both sides (as the official code), VAEs on clean images as they were "
+             f"trained; VAE log p(x) with {args.ood_k} importance samples, seeded. The paper's VAE column scores "
+             "-log p(x) (official code); ours scores log p(x) for every model", "",
              "## Runs and their budgets", "",
              markdown(["run", "model", "dataset", "preset", "iterations", "batch", "SGLD steps",
                        "train wall time", "train device", "mode"],
@@ -493,7 +392,7 @@ def write_report(path, args, runs, sections, notes, shots, seconds, label, devic
         lines += ["", f"## {name}", ""]
         if sec["fewshot"]:
             lines += ["### Few-shot classification (Table 1), test accuracy %", "",
-                      markdown(["model"] + [f"ours {s}" for s in shots] + [f"paper {s}" for s in shots],
+                      markdown(["model", "protocol"] + [f"ours {s}" for s in shots] + [f"paper {s}" for s in shots],
                                sec["fewshot"])]
         if sec["knn"]:
             lines += ["### 1-nearest-neighbour classification (Fig. 1, Appendix F)", "",

@@ -40,7 +40,7 @@ def tiny_cfg(tmp_path, *extra, dataset="digits"):
         "--dataset", dataset, "--preset", "cpu", "--iters", "6", "--batch-size", "16",
         "--sgld-steps", "3", "--buffer-size", "64", "--log-every", "1", "--ckpt-every", "3",
         "--sample-every", "3", "--device", "cpu", "--no-progress", "--out-dir", str(tmp_path / "run"),
-        *extra])
+        "--probe-every", "0", *extra])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -237,6 +237,62 @@ def test_resume_trims_log_rows_after_the_checkpoint(tmp_path):
     cebm.run_cebm(tiny_cfg(tmp_path, "--iters", "4", "--resume"))
     rows = cebm.read_metrics(Path(cfg.out_dir) / "metrics.csv")
     assert [r["iteration"] for r in rows] == [1, 2, 3, 4] and rows[-1]["E_data"] != 0
+
+
+def probe_columns(path):
+    """probe.csv rows without the clock columns, which differ between runs."""
+    return [{k: v for k, v in r.items() if k not in ("seconds", "probe_seconds")} for r in cebm.read_metrics(path)]
+
+
+def test_probe_leaves_the_trajectory_unchanged_and_resumes_exactly(tmp_path):
+    off = tiny_cfg(tmp_path / "off")
+    cebm.run_cebm(off)
+    on = tiny_cfg(tmp_path / "on", "--probe-every", "2", "--probe-n", "300")
+    cebm.run_cebm(on)
+    cut = tiny_cfg(tmp_path / "cut", "--probe-every", "2", "--probe-n", "300", "--iters", "3")
+    cebm.run_cebm(cut)  # "killed" after its iteration-3 checkpoint, then resumed
+    cebm.run_cebm(tiny_cfg(tmp_path / "cut", "--probe-every", "2", "--probe-n", "300", "--resume"))
+    a, b, c = (cebm.load_checkpoint(cfg.out_dir) for cfg in (off, on, cut))
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]) and torch.equal(a["model"][k], c["model"][k]), k
+    assert torch.equal(a["buffer"], b["buffer"]) and torch.equal(a["buffer"], c["buffer"])
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+    rows_on = probe_columns(Path(on.out_dir) / "probe.csv")
+    assert [r["iteration"] for r in rows_on] == [0, 2, 4, 6]
+    assert {"acc1", "acc10", "acc100"} <= rows_on[0].keys()
+    assert all(0 <= r[k] <= 100 for r in rows_on for k in r if k.startswith("acc"))
+    rows_cut = probe_columns(Path(cut.out_dir) / "probe.csv")
+    assert [r["iteration"] for r in rows_cut] == [0, 2, 3, 4, 6]
+    assert [r for r in rows_cut if r["iteration"] != 3] == rows_on  # same measurements after the resume
+    assert (Path(on.out_dir) / "probe.png").exists() and not (Path(off.out_dir) / "probe.csv").exists()
+    assert cebm.read_metrics(Path(on.out_dir) / "probe.csv")[1]["probe_seconds"] > 0
+
+
+@pytest.mark.parametrize("model", ["vae", "bigan", "igebm"])
+def test_probe_leaves_baseline_training_unchanged(tmp_path, model):
+    runs = []
+    for every in ("0", "2"):
+        cfg = baseline_cfg(tmp_path / every, model, "--probe-every", every, "--probe-n", "300")
+        baselines.run_baseline(cfg)
+        runs.append(cebm.load_checkpoint(cfg.out_dir))
+    for k in runs[0]["model"]:
+        assert torch.equal(runs[0]["model"][k], runs[1]["model"][k]), k
+    rows = probe_columns(tmp_path / "2" / model / "probe.csv")
+    assert [r["iteration"] for r in rows] == [0, 2, 4]
+
+
+def test_probe_measures_ood_against_the_other_mnist_family_set(tmp_path, ignore_md5):
+    write_idx_gz(tmp_path / "data" / "MNIST" / "raw", 300, seed=1)
+    write_idx_gz(tmp_path / "data" / "FashionMNIST" / "raw", 300, seed=2)
+    cfg = tiny_cfg(tmp_path, "--dataset", "mnist", "--data-dir", str(tmp_path / "data"), "--iters", "2",
+                   "--probe-every", "2")
+    cebm.run_cebm(cfg)
+    rows = cebm.read_metrics(Path(cfg.out_dir) / "probe.csv")
+    ood = {f"auroc_{s}_{d}" for s in ("logp", "grad") for d in ("fashionmnist", "constant")}
+    assert ood <= rows[-1].keys() and "acc10" in rows[-1]
+    assert all(0 <= rows[-1][k] <= 100 for k in ood)
+    assert cebm.paper_targets("fashionmnist", "cebm-gaussian")["auroc_grad_mnist"] == 82
+    assert cebm.paper_targets("mnist", "cebm-gaussian")["acc10"] == 89
 
 
 def test_existing_run_needs_resume_and_matching_settings(tmp_path):
@@ -446,7 +502,7 @@ def baseline_cfg(tmp_path, model, *extra):
         "--model", model, "--dataset", "digits", "--preset", "cpu", "--iters", "4", "--batch-size", "8",
         "--sgld-steps", "2", "--buffer-size", "32", "--log-every", "1", "--ckpt-every", "2",
         "--sample-every", "2", "--device", "cpu", "--no-progress", "--out-dir", str(tmp_path / model),
-        *extra], model_name=model)
+        "--probe-every", "0", *extra], model_name=model)
 
 
 @pytest.mark.parametrize("model", baselines.MODELS)
@@ -534,33 +590,34 @@ def test_baselines_cli_rejects_unknown_model(capsys):
 def test_few_shot_draws_have_exactly_n_per_class_and_depend_on_the_seed():
     labels = np.repeat(np.arange(10), 50)
     np.random.RandomState(0).shuffle(labels)
-    a = evaluate.few_shot_indices(labels, 7, seed=3)
+    a = cebm.few_shot_indices(labels, 7, seed=3)
     assert len(a) == 70 and len(set(a)) == 70
     assert np.bincount(labels[a], minlength=10).tolist() == [7] * 10
-    assert np.array_equal(a, evaluate.few_shot_indices(labels, 7, seed=3))
-    assert not np.array_equal(np.sort(a), np.sort(evaluate.few_shot_indices(labels, 7, seed=4)))
+    assert np.array_equal(a, cebm.few_shot_indices(labels, 7, seed=3))
+    assert not np.array_equal(np.sort(a), np.sort(cebm.few_shot_indices(labels, 7, seed=4)))
 
 
 def test_few_shot_accuracy_on_separable_features():
     rng = np.random.RandomState(0)
     y = np.repeat(np.arange(3), 40)
     x = np.eye(3)[y] * 5 + rng.randn(120, 3) * 0.1
-    res = evaluate.few_shot(x, y, x, y, ["1", "full"], draws=3)
-    assert len(res["1"]) == 3 and len(res["full"]) == 1
-    assert min(res["1"]) == 1.0 and res["full"] == [1.0]
+    for protocol in cebm.PROTOCOLS:
+        res = cebm.few_shot(x, y, x, y, cebm.few_shot_draws(y, ["1", "full"], 3), protocol)
+        assert len(res["1"]) == 3 and len(res["full"]) == 1
+        assert min(res["1"]) == 1.0 and res["full"] == [1.0]
 
 
 def test_auroc_orientation():
-    assert evaluate.auroc(np.array([3.0, 4.0, 5.0]), np.array([0.0, 1.0])) == 1.0
-    assert evaluate.auroc(np.array([0.0, 1.0]), np.array([3.0, 4.0, 5.0])) == 0.0
-    assert evaluate.auroc(np.array([1.0, 1.0]), np.array([1.0, 1.0])) == 0.5
+    assert cebm.auroc(np.array([3.0, 4.0, 5.0]), np.array([0.0, 1.0])) == 1.0
+    assert cebm.auroc(np.array([0.0, 1.0]), np.array([3.0, 4.0, 5.0])) == 0.0
+    assert cebm.auroc(np.array([1.0, 1.0]), np.array([1.0, 1.0])) == 0.5
 
 
 def test_gradient_score_matches_finite_differences():
     model = small_model("gaussian", latent_dim=3)
     x = torch.rand(2, 1, 28, 28, dtype=torch.float64) * 2 - 1
     log_p = lambda x: -model.energy(x)  # noqa: E731
-    lp, score = evaluate.scores(log_p, x)
+    lp, score = cebm.scores(log_p, x)
     assert torch.allclose(lp, -model.energy(x).detach())
     h, fd = 1e-5, torch.zeros_like(x)
     with torch.no_grad():
@@ -571,6 +628,19 @@ def test_gradient_score_matches_finite_differences():
             fd.view(2, -1)[:, i] = (log_p(x + e) - log_p(x - e)) / (2 * h)
     assert torch.allclose(score, -fd.flatten(1).norm(dim=1), rtol=1e-6)
     assert (score < 0).all()
+
+
+def test_vae_ood_scores_are_reproducible_clean_and_leave_the_rng_alone():
+    torch.manual_seed(0)
+    vae, gauss = baselines.VAE(1, 28, latent_dim=4), small_model("gaussian", latent_dim=3)
+    images = torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8)
+    state = torch.get_rng_state()
+    a = cebm.ood_scores(cebm.density(vae, k=3), images, 0.0, "cpu", seed=5, batch=4)
+    b = cebm.ood_scores(cebm.density(vae, k=3), images, 0.0, "cpu", seed=5, batch=4)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert torch.equal(state, torch.get_rng_state())  # the caller's random state is untouched
+    cfg = {"data_noise": 0.03}
+    assert cebm.score_noise(vae, cfg) == 0.0 and cebm.score_noise(gauss, cfg) == 0.03
 
 
 def test_nearest_neighbours_and_confusion():
@@ -622,15 +692,17 @@ def test_evaluate_end_to_end_on_tiny_runs_of_every_model(tmp_path):
     assert len({line.count("|") for line in ood_md if line.startswith("|")}) == 1  # no '|' inside a cell
 
 
-def test_fast_and_eager_sgld_agree(tmp_path):
+@pytest.mark.parametrize("dataset,shape", [("digits", (1, 28, 28)), ("cifar10", (3, 32, 32))])
+def test_fast_and_eager_sgld_agree(tmp_path, dataset, shape):
     """Same seed, same noise: the fast path (channels-last, frozen weights) gives the same SGLD chain and
-    energies as the plain loop, to float32 rounding (max difference 6e-8 here; tolerance 1e-5)."""
+    energies as the plain loop, to float32 rounding (max difference 6e-8 here; tolerance 1e-5), also for
+    3-channel images, where channels-last memory order differs from the index order of the noise."""
     results = {}
     for mode in ("eager", "fast"):
-        cfg = tiny_cfg(tmp_path, "--sgld-steps", "5", *(["--eager"] if mode == "eager" else []))
+        cfg = tiny_cfg(tmp_path, "--sgld-steps", "5", *(["--eager"] if mode == "eager" else []), dataset=dataset)
         torch.manual_seed(0)
         model = cebm.build_model(cfg).to(memory_format=cebm.memory_format(cfg))
-        x0 = torch.rand(8, 1, 28, 28) * 2 - 1
+        x0 = torch.rand(8, *shape) * 2 - 1
         torch.manual_seed(1)
         x = cebm.make_sampler(cfg, model)(x0)
         assert (x - x0).abs().max() > 0.01  # the chain moved
