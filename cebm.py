@@ -65,6 +65,7 @@ PRESETS = {
 RESUMABLE_CHANGES = {"iters", "device", "resume", "out_dir", "data_dir", "log_every", "ckpt_every",
                      "sample_every", "eager", "channels_last", "keep_heap", "no_progress", "sample",
                      "sample_steps", "n_samples", "benchmark", "bench_iters", "bench_mode", "export",
+                     "max_minutes", "stop_at_paper",
                      "probe_every", "probe_n"}
 
 
@@ -116,6 +117,12 @@ def build_parser(description=__doc__):
                         "subset of the training set) written to probe.csv / probe.png; 0 = off")
     g.add_argument("--probe-n", type=int, default=2000,
                    help="training images held out (from the probe's labelled draws only) as its validation set")
+    g.add_argument("--max-minutes", type=float, default=0,
+                   help="stop (with a checkpoint) after this much training time, probe time excluded; 0 = no "
+                        "limit. A resumed run counts the time already spent")
+    g.add_argument("--stop-at-paper", action="store_true",
+                   help="stop when the probe's few-shot accuracies reach the paper's Table 1 row for this "
+                        "model and dataset (1, 10 and 100 labels per class)")
     g.add_argument("--diverge-at", type=float, default=1e6,
                    help="stop when a logged quantity is non-finite or its magnitude exceeds this")
     g.add_argument("--no-progress", action="store_true", help="no tqdm bar (for log files)")
@@ -547,10 +554,10 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path, model, optimizers, buffer, iteration, seconds, config):
+def save_checkpoint(path, model, optimizers, buffer, iteration, seconds, config, reached_paper=None):
     """Everything a run needs to continue exactly, written atomically (temp file + rename)."""
     ckpt = {
-        "config": config, "iteration": iteration, "seconds": seconds,
+        "config": config, "iteration": iteration, "seconds": seconds, "reached_paper": reached_paper,
         "model": model.state_dict(),
         "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
         "buffer": None if buffer is None else buffer.images,
@@ -651,7 +658,7 @@ def train(cfg, model, step, optimizers, buffer=None):
     images, labels = load_dataset(cfg.dataset, cfg.data_dir, train=True)
     images = images.to(device)
 
-    start, seconds_before = 0, 0.0
+    start, seconds_before, reached_paper = 0, 0.0, None
     if ckpt_path.exists():
         if not cfg.resume:
             raise CEBMError(f"{ckpt_path} exists; pass --resume to continue it or choose another --out-dir")
@@ -663,17 +670,18 @@ def train(cfg, model, step, optimizers, buffer=None):
         if buffer is not None:
             buffer.images = ckpt["buffer"].to(device)
         set_rng_state(ckpt["rng"])
-        start, seconds_before = ckpt["iteration"], ckpt["seconds"]
+        start, seconds_before, reached_paper = ckpt["iteration"], ckpt["seconds"], ckpt.get("reached_paper")
         _trim_metrics(log_path, start)
-        if start < cfg.iters:
-            print(f"resuming {out} from iteration {start}", file=sys.stderr)
     config = config_dict(cfg)
     tmp = out / "config.json.tmp"
     tmp.write_text(json.dumps(config, indent=2) + "\n")
     os.replace(tmp, out / "config.json")
-    if start >= cfg.iters:
-        print(f"{out} already finished ({start} iterations)", file=sys.stderr)
+    done_why = stop_reason(cfg, start, seconds_before, reached_paper)
+    if done_why:
+        print(f"{out} already finished ({start} iterations; {done_why})", file=sys.stderr)
         return
+    if start:
+        print(f"resuming {out} from iteration {start}", file=sys.stderr)
     probe = Probe(cfg, images, labels, out) if cfg.probe_every else None
     if probe:
         _trim_metrics(out / "probe.csv", start if start else -1)  # a fresh start keeps no old rows
@@ -683,12 +691,14 @@ def train(cfg, model, step, optimizers, buffer=None):
         return seconds_before + time.time() - t0 - probe_time
 
     def save(done):
-        save_checkpoint(ckpt_path, model, optimizers, buffer, done, elapsed(), config)
+        save_checkpoint(ckpt_path, model, optimizers, buffer, done, elapsed(), config, reached_paper)
 
     def measure(done):
-        nonlocal probe_time
+        nonlocal probe_time, reached_paper
         row = probe(model, done, elapsed())
         probe_time += row["probe_seconds"]
+        if reached_paper is None and probe.reached_paper(row):
+            reached_paper = done
 
     new_log = not log_path.exists()
     log = open(log_path, "a", newline="")
@@ -710,7 +720,7 @@ def train(cfg, model, step, optimizers, buffer=None):
             count += 1
             done = it + 1
             bar.update(1)
-            finished = done == cfg.iters
+            finished = stop_reason(cfg, done, elapsed(), reached_paper) is not None
             if done % cfg.log_every == 0 or finished or done % cfg.ckpt_every == 0:
                 # The only host sync of the loop: read averaged metrics and the divergence flag.
                 row = {"iteration": done, **{k: (v / count).item() for k, v in sums.items()},
@@ -733,13 +743,28 @@ def train(cfg, model, step, optimizers, buffer=None):
                            normalize=True, value_range=(-1, 1))
             if probe and (done % cfg.probe_every == 0 or finished):
                 measure(done)
+                finished = stop_reason(cfg, done, elapsed(), reached_paper) is not None
             if done % cfg.ckpt_every == 0 or finished:
                 save(done)
                 last_good = done
+            if finished:
+                break
     finally:
         bar.close()
         log.close()
-    print(f"finished {out}: " + ", ".join(f"{k}={v:.4g}" for k, v in last.items()), file=sys.stderr)
+    why = stop_reason(cfg, done, elapsed(), reached_paper) or f"{done} iterations"
+    print(f"finished {out} ({why}): " + ", ".join(f"{k}={v:.4g}" for k, v in last.items()), file=sys.stderr)
+
+
+def stop_reason(cfg, iteration, seconds, reached_paper):
+    """Why a run at this point is done, or None while it should go on."""
+    if iteration >= cfg.iters:
+        return f"all {cfg.iters} iterations"
+    if cfg.max_minutes and seconds >= 60 * cfg.max_minutes:
+        return f"--max-minutes {cfg.max_minutes:g} spent"
+    if cfg.stop_at_paper and reached_paper is not None:
+        return f"the probe reached the paper's Table 1 row at iteration {reached_paper}"
+    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -988,6 +1013,11 @@ class Probe:
         self._append(row)
         plot_probe(self.out / "probe.csv", self.out / "probe.png", self.cfg.dataset, self.cfg.model)
         return row
+
+    def reached_paper(self, row):
+        """True when every few-shot accuracy the probe measures is at least the paper's (Table 1)."""
+        targets = {k: v for k, v in paper_targets(self.cfg.dataset, self.cfg.model).items() if k.startswith("acc")}
+        return bool(targets) and all(row.get(k, -1) >= v for k, v in targets.items())
 
     def _append(self, row):
         path = self.out / "probe.csv"

@@ -295,6 +295,20 @@ def test_probe_measures_ood_against_the_other_mnist_family_set(tmp_path, ignore_
     assert cebm.paper_targets("mnist", "cebm-gaussian")["acc10"] == 89
 
 
+def test_time_budget_and_paper_row_stop_a_run_and_a_resume_respects_them(tmp_path, monkeypatch, capsys):
+    cfg = tiny_cfg(tmp_path / "t", "--max-minutes", "1e-9")
+    cebm.run_cebm(cfg)
+    assert cebm.load_checkpoint(cfg.out_dir)["iteration"] == 1
+    cebm.run_cebm(tiny_cfg(tmp_path / "t", "--max-minutes", "1e-9", "--resume"))
+    assert "already finished (1 iterations; --max-minutes 1e-09 spent)" in capsys.readouterr().err
+    monkeypatch.setitem(cebm.PAPER_TABLE1, "digits", {"cebm-gaussian": (0, 0, 0, 0)})
+    cfg = tiny_cfg(tmp_path / "p", "--stop-at-paper", "--probe-every", "2", "--probe-n", "300")
+    cebm.run_cebm(cfg)
+    ckpt = cebm.load_checkpoint(cfg.out_dir)
+    assert ckpt["iteration"] == 1 and ckpt["reached_paper"] == 0  # met at the iteration-0 probe
+    assert "the probe reached the paper's Table 1 row at iteration 0" in capsys.readouterr().err
+
+
 def test_existing_run_needs_resume_and_matching_settings(tmp_path):
     cebm.run_cebm(tiny_cfg(tmp_path, "--iters", "3"))
     with pytest.raises(cebm.CEBMError, match="--resume"):
