@@ -21,7 +21,7 @@ MODELS = ("vae", "gmmvae", "igebm", "bigan")
 
 
 def baseline_parser():
-    p = cebm.build_parser(__doc__)
+    p = cebm.build_parser(__doc__, benchmark=False)
     g = p.add_argument_group("model")
     g.add_argument("--model", required=True, choices=MODELS, help="which baseline to train")
     g.add_argument("--latent-dim", type=int, default=128, help="dimension of z (VAE, GMM-VAE, BiGAN)")
@@ -286,8 +286,6 @@ def load_model(path, device="cpu"):
 def run_baseline(cfg):
     if cfg.keep_heap:
         cebm.keep_freed_memory()
-    if cfg.benchmark:
-        raise cebm.CEBMError("--benchmark is a cebm.py option")
     torch.manual_seed(cfg.seed)
     if cfg.sample:  # the IGEBM, an energy model, samples like a CEBM
         cebm.write_samples(cfg, *load_model(cfg.out_dir, cfg.device))

@@ -69,10 +69,20 @@ RESUMABLE_CHANGES = {"iters", "device", "resume", "out_dir", "data_dir", "log_ev
                      "probe_every", "probe_n"}
 
 
-def build_parser(description=__doc__):
+class Parser(argparse.ArgumentParser):
+    """argparse, with a bad flag reported in one line (not the whole usage block) and no abbreviations."""
+
+    def __init__(self, description):
+        super().__init__(description=description, allow_abbrev=False,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser(description=__doc__, benchmark=True):
     """The flags shared by cebm.py and baselines.py (data, budget, PCD/SGLD, bookkeeping)."""
-    p = argparse.ArgumentParser(description=description,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description)
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=sorted(DATASETS),
                    help="training set (default: mnist); 'digits' is scikit-learn's bundled 8x8 digits "
@@ -135,11 +145,13 @@ def build_parser(description=__doc__):
     g.add_argument("--eager", action="store_true",
                    help="the plain loop of the paper's code, for comparison: no channels-last, no heap "
                         "tuning, parameters left requiring gradients during SGLD")
-    g.add_argument("--benchmark", action="store_true",
-                   help="time training iterations at this config, eager vs fast, and exit "
-                        "(default: both image sizes unless --dataset is given)")
-    g.add_argument("--bench-iters", type=int, default=5, help="timed iterations per mode for --benchmark")
-    g.add_argument("--bench-mode", choices=["eager", "fast"], help=argparse.SUPPRESS)  # child processes
+    p.set_defaults(benchmark=False, bench_iters=5, bench_mode=None)
+    if benchmark:  # cebm.py only: it times CEBM iterations
+        g.add_argument("--benchmark", action="store_true",
+                       help="time training iterations at this config, eager vs fast, and exit "
+                            "(default: both image sizes unless --dataset is given)")
+        g.add_argument("--bench-iters", type=int, default=5, help="timed iterations per mode for --benchmark")
+        g.add_argument("--bench-mode", choices=["eager", "fast"], help=argparse.SUPPRESS)  # child processes
     g = p.add_argument_group("using a trained model")
     g.add_argument("--sample", action="store_true",
                    help="load <out-dir>/ckpt.pt (or weights.pt) of an energy model and draw samples from "
@@ -187,7 +199,34 @@ def parse_args(parser, argv=None, model_name=None):
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if cfg.probe_every < 0:
         parser.error("--probe-every must be 0 (off) or more")
+    for name in ("lr", "gan_lr"):
+        value = getattr(cfg, name, None)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            parser.error(f"--{name.replace('_', '-')} must be a positive number, not {value}")
+    for name in ("sgld_step_size", "sgld_noise", "data_noise", "energy_reg", "max_minutes"):
+        if not (math.isfinite(getattr(cfg, name)) and getattr(cfg, name) >= 0):
+            parser.error(f"--{name.replace('_', '-')} must be a number >= 0, not {getattr(cfg, name)}")
+    if not 0 <= cfg.reinit <= 1:
+        parser.error(f"--reinit is a fraction between 0 and 1, not {cfg.reinit}")
+    if cfg.buffer_size < cfg.batch_size:
+        parser.error(f"--buffer-size ({cfg.buffer_size}) must be at least --batch-size ({cfg.batch_size}): "
+                     "each iteration draws a batch of distinct chains from the buffer")
+    check_device(parser, cfg.device)
     return cfg
+
+
+def check_device(parser, name):
+    """One line, not a traceback, for a device torch does not know or this machine does not have."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        parser.error(f"--device {name} is not a torch device (e.g. cpu, cuda, cuda:1)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {name}: this machine has no CUDA device; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        parser.error(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device {name}: only cpu and cuda are supported")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -659,6 +698,8 @@ def train(cfg, model, step, optimizers, buffer=None):
     images = images.to(device)
 
     start, seconds_before, reached_paper = 0, 0.0, None
+    if cfg.resume and not ckpt_path.exists():
+        print(f"note: --resume: no checkpoint in {out} yet; starting a new run", file=sys.stderr)
     if ckpt_path.exists():
         if not cfg.resume:
             raise CEBMError(f"{ckpt_path} exists; pass --resume to continue it or choose another --out-dir")

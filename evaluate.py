@@ -33,25 +33,40 @@ DATASET_NAMES = {"mnist": "MNIST", "fashionmnist": "Fashion-MNIST", "cifar10": "
 PAPER_KNN = {"cifar10": {"pixels": 0.35, "vae": 0.38, "cebm-gaussian": 0.45}}
 
 
+PARTS = ("fewshot", "knn", "ood")
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", help="run folders written by cebm.py or baselines.py")
+    p = cebm.Parser(__doc__)
+    p.add_argument("runs", nargs="+", help="run folders written by cebm.py or baselines.py, or folders or "
+                   "files of weights written by --export")
     p.add_argument("--data-dir", default="./data", help="torchvision root with the datasets (and OOD sets)")
-    p.add_argument("--out", default="results/eval", help="folder for tables, figures and report.md")
-    p.add_argument("--shots", default="1,10,100,full", help="labelled examples per class; 'full' = all")
-    p.add_argument("--draws", type=int, default=10, help="seeded random draws per few-shot setting")
+    p.add_argument("--out-dir", "--out", dest="out", default="results/eval",
+                   help="folder for tables, figures and report.md (default: results/eval)")
+    p.add_argument("--shots", default="1,10,100,full",
+                   help="labelled examples per class; 'full' = all (default: 1,10,100,full)")
+    p.add_argument("--draws", type=int, default=10, help="seeded random draws per few-shot setting (default: 10)")
     p.add_argument("--protocol", default="paper",
                    help="few-shot protocol(s), comma-separated: 'paper' (the official code: one-vs-rest "
                         "liblinear logistic regression on raw features) and/or 'standardized' (multinomial "
                         "lbfgs on features standardised with the unlabelled training set's mean and std); "
                         "each gets its own labelled rows (default: paper)")
-    p.add_argument("--ood-n", type=int, default=0, help="images per OOD set and of the test set (0 = all)")
-    p.add_argument("--ood-k", type=int, default=100, help="importance samples of the VAEs' log p(x)")
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: fewshot, knn, ood")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--seed", type=int, default=0, help="seed for OOD noise and constant images")
+    p.add_argument("--ood-n", type=int, default=0,
+                   help="images per OOD set and of the test set (default: 0 = all)")
+    p.add_argument("--ood-k", type=int, default=100, help="importance samples of the VAEs' log p(x) (default: 100)")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: " + ", ".join(PARTS))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device (default: cuda when present, else cpu)")
+    p.add_argument("--seed", type=int, default=0, help="seed for OOD noise, constant images, VAE samples (default: 0)")
     p.add_argument("--command", default=None, help=argparse.SUPPRESS)  # run_all.sh records its own command
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    unknown = set(filter(None, args.skip.split(","))) - set(PARTS)
+    if unknown:
+        p.error(f"--skip takes {', '.join(PARTS)}, not {', '.join(sorted(unknown))}")
+    if args.draws < 1 or args.ood_k < 1 or args.ood_n < 0:
+        p.error("--draws and --ood-k must be at least 1, --ood-n at least 0")
+    cebm.check_device(p, args.device)
+    return args
 
 
 # --------------------------------------------------------------------------------------------------

@@ -470,6 +470,39 @@ def test_missing_data_offline_names_the_folder(tmp_path):
         assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("script,argv,needle", [
+    ("cebm", ["--device", "gpu0"], "--device gpu0 is not a torch device"),
+    ("cebm", ["--sample", "--device", "cuda:7"], "--device cuda:7"),
+    ("cebm", ["--lr", "-1"], "--lr must be a positive number"),
+    ("cebm", ["--lr", "nan"], "--lr must be a positive number"),
+    ("cebm", ["--lr", "0"], "--lr must be a positive number"),
+    ("cebm", ["--buffer-size", "10", "--batch-size", "64"], "--buffer-size (10) must be at least --batch-size"),
+    ("cebm", ["--reinit", "1.5"], "--reinit is a fraction"),
+    ("cebm", ["--sample-st", "5"], "unrecognized arguments: --sample-st"),
+    ("baselines", ["--model", "bigan", "--gan-lr", "-2"], "--gan-lr must be a positive number"),
+    ("baselines", ["--model", "vae", "--benchmark"], "unrecognized arguments: --benchmark"),
+    ("baselines", ["--model", "vae", "--sample-ev", "3"], "unrecognized arguments: --sample-ev"),
+    ("evaluate", ["run", "--skip", "fewshot,knnn"], "--skip takes fewshot, knn, ood, not knnn"),
+    ("evaluate", ["run", "--draws", "0"], "--draws and --ood-k must be at least 1"),
+    ("evaluate", ["run", "--device", "cuda:5"], "--device cuda:5"),
+])
+def test_bad_flags_are_one_line(capsys, tmp_path, script, argv, needle):
+    if "cuda" in " ".join(argv) and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    main = {"cebm": cebm.main, "baselines": baselines.main, "evaluate": evaluate.main}[script]
+    with pytest.raises(SystemExit) as e:
+        main(argv + ["--out-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and needle in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_resume_without_a_run_says_so(tmp_path, capsys):
+    cebm.run_cebm(tiny_cfg(tmp_path, "--iters", "1", "--resume"))
+    assert "--resume: no checkpoint in" in capsys.readouterr().err
+
+
 def test_unknown_dataset_is_a_clear_error(capsys):
     with pytest.raises(cebm.CEBMError, match="unknown dataset"):
         cebm.load_dataset("imagenet", "unused")
