@@ -21,6 +21,7 @@ Read top to bottom: config/CLI -> data -> encoder -> conjugate biases -> SGLD sa
 import argparse
 import ctypes
 import csv
+import errno
 import json
 import math
 import os
@@ -252,24 +253,38 @@ def load_dataset(name, data_dir, train=True):
     import torchvision.datasets as tvd
     try:
         return _load_torchvision(tvd, name, data_dir, train)
-    except PermissionError:
-        # A read-only folder (e.g. a shared copy of the .gz files): extract into a writable ./data.
-        local = Path("data")
-        if Path(data_dir).resolve() == local.resolve():
-            raise CEBMError(f"{name}: cannot write to {data_dir} to extract the data files")
-        sub = {"mnist": "MNIST", "fashionmnist": "FashionMNIST"}.get(name)
-        if sub is None:
-            raise CEBMError(f"{name}: {data_dir} is read-only; copy it to a writable folder")
-        print(f"note: {data_dir} is read-only; copying {sub}/raw to {local}/{sub}/raw", file=sys.stderr)
-        shutil.copytree(Path(data_dir) / sub / "raw", local / sub / "raw", dirs_exist_ok=True)
-        os.chmod(local / sub / "raw", 0o755)
-        for f in (local / sub / "raw").iterdir():
-            os.chmod(f, 0o644)
-        return _load_torchvision(tvd, name, local, train)
-    except (RuntimeError, urllib.error.URLError, OSError) as e:
-        raise CEBMError(f"{name}: data not found in '{data_dir}' and could not be downloaded "
-                        f"({type(e).__name__}). Put {DATASETS[name][2]} under '{data_dir}', "
-                        f"or run once with internet access.") from None
+    except OSError as e:  # URLError included
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return _load_from_local_copy(name, data_dir, train)
+        error = e
+    except RuntimeError as e:
+        error = e
+    raise CEBMError(f"{name}: data not found in '{data_dir}' and could not be downloaded ({reason(error)}). "
+                    f"Put {DATASETS[name][2]} under '{data_dir}', or run once with internet access.")
+
+
+def _load_from_local_copy(name, data_dir, train):
+    """A read-only --data-dir (e.g. a shared copy of the .gz files): extract from a copy in ./data."""
+    local = Path("data")
+    if Path(data_dir).resolve() == local.resolve():
+        raise CEBMError(f"{name}: cannot write to {data_dir} to extract the data files")
+    sub = {"mnist": "MNIST", "fashionmnist": "FashionMNIST"}.get(name)
+    if sub is None:
+        raise CEBMError(f"{name}: {data_dir} is read-only; copy it to a writable folder")
+    print(f"note: {data_dir} is read-only; copying {sub}/raw to {local}/{sub}/raw", file=sys.stderr)
+    shutil.copytree(Path(data_dir) / sub / "raw", local / sub / "raw", dirs_exist_ok=True)
+    os.chmod(local / sub / "raw", 0o755)
+    for f in (local / sub / "raw").iterdir():
+        os.chmod(f, 0o644)
+    return load_dataset(name, local, train)
+
+
+def reason(e):
+    """What went wrong, in words, for a one-line message (not the exception's class name)."""
+    if isinstance(e, urllib.error.URLError) and not isinstance(e, urllib.error.HTTPError):
+        return f"no network: {e.reason}"
+    text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    return (text.strip().splitlines() or ["unknown error"])[0][:160]
 
 
 def _load_torchvision(tvd, name, root, train):
@@ -619,7 +634,7 @@ def load_checkpoint(path):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, pickle garbage, wrong file type...
-        raise CEBMError(f"checkpoint {path} is corrupt or not a checkpoint ({type(e).__name__})") from None
+        raise CEBMError(f"checkpoint {path} is corrupt or not a checkpoint ({reason(e)})") from None
     if not isinstance(ckpt, dict) or not {"config", "model", "iteration"} <= ckpt.keys():
         raise CEBMError(f"checkpoint {path} is not a checkpoint written by this code")
     return ckpt
@@ -678,9 +693,46 @@ def _trim_metrics(path, iteration):
         return
     with open(path) as f:
         rows = list(csv.reader(f))
+    if not rows:  # empty: a run that failed before its first row
+        path.unlink()
+        return
     kept = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= iteration]
     with open(path, "w", newline="") as f:
         csv.writer(f).writerows(kept)
+
+
+def restore(cfg, ckpt_path, model, optimizers, buffer):
+    """Load a run's checkpoint into model, optimizers and buffer, and the RNG state, for --resume.
+    Returns (iteration, training seconds, iteration the paper's row was reached or None)."""
+    if not ckpt_path.exists():
+        if cfg.resume:
+            print(f"note: --resume: no checkpoint in {ckpt_path.parent} yet; starting a new run", file=sys.stderr)
+        return 0, 0.0, None
+    if not cfg.resume:
+        raise CEBMError(f"{ckpt_path} exists; pass --resume to continue it or choose another --out-dir")
+    ckpt = load_checkpoint(ckpt_path)
+    check_resumable(ckpt["config"], cfg)
+    load_weights(model, ckpt, ckpt_path)
+    for name, opt in optimizers.items():
+        opt.load_state_dict(ckpt["optimizers"][name])
+    if buffer is not None:
+        buffer.images = ckpt["buffer"].to(buffer.images.device)
+    set_rng_state(ckpt["rng"])
+    return ckpt["iteration"], ckpt["seconds"], ckpt.get("reached_paper")
+
+
+def prepare_run_folder(out, config, start):
+    """Create the run folder and its config.json; drop log rows written after the checkpoint (all rows of
+    a run that starts afresh), so metrics.csv and probe.csv continue where the checkpoint is."""
+    try:
+        (out / "samples").mkdir(parents=True, exist_ok=True)
+        tmp = out / "config.json.tmp"
+        tmp.write_text(json.dumps(config, indent=2) + "\n")
+        os.replace(tmp, out / "config.json")
+    except OSError as e:
+        raise CEBMError(f"cannot write the run folder {out} ({reason(e)}); choose another --out-dir") from None
+    for name in ("metrics.csv", "probe.csv"):
+        _trim_metrics(out / name, start if start else -1)
 
 
 def train(cfg, model, step, optimizers, buffer=None):
@@ -692,40 +744,19 @@ def train(cfg, model, step, optimizers, buffer=None):
     """
     device = torch.device(cfg.device)
     out = Path(cfg.out_dir)
-    (out / "samples").mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = out / "ckpt.pt", out / "metrics.csv"
-    images, labels = load_dataset(cfg.dataset, cfg.data_dir, train=True)
+    images, labels = load_dataset(cfg.dataset, cfg.data_dir, train=True)  # before anything is written
     images = images.to(device)
-
-    start, seconds_before, reached_paper = 0, 0.0, None
-    if cfg.resume and not ckpt_path.exists():
-        print(f"note: --resume: no checkpoint in {out} yet; starting a new run", file=sys.stderr)
-    if ckpt_path.exists():
-        if not cfg.resume:
-            raise CEBMError(f"{ckpt_path} exists; pass --resume to continue it or choose another --out-dir")
-        ckpt = load_checkpoint(ckpt_path)
-        check_resumable(ckpt["config"], cfg)
-        load_weights(model, ckpt, ckpt_path)
-        for name, opt in optimizers.items():
-            opt.load_state_dict(ckpt["optimizers"][name])
-        if buffer is not None:
-            buffer.images = ckpt["buffer"].to(device)
-        set_rng_state(ckpt["rng"])
-        start, seconds_before, reached_paper = ckpt["iteration"], ckpt["seconds"], ckpt.get("reached_paper")
-        _trim_metrics(log_path, start)
-    config = config_dict(cfg)
-    tmp = out / "config.json.tmp"
-    tmp.write_text(json.dumps(config, indent=2) + "\n")
-    os.replace(tmp, out / "config.json")
+    start, seconds_before, reached_paper = restore(cfg, ckpt_path, model, optimizers, buffer)
     done_why = stop_reason(cfg, start, seconds_before, reached_paper)
     if done_why:
         print(f"{out} already finished ({start} iterations; {done_why})", file=sys.stderr)
         return
     if start:
         print(f"resuming {out} from iteration {start}", file=sys.stderr)
+    config = config_dict(cfg)
+    prepare_run_folder(out, config, start)
     probe = Probe(cfg, images, labels, out) if cfg.probe_every else None
-    if probe:
-        _trim_metrics(out / "probe.csv", start if start else -1)  # a fresh start keeps no old rows
     probe_time = 0.0  # excluded from the run's seconds: they count training only
 
     def elapsed():
@@ -1291,6 +1322,9 @@ def main(argv=None, parser=None, run=run_cebm, model_name=None):
             run(cfg)
     except CEBMError as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as e:  # a full disk, a folder that turned read-only...
+        print(f"error: cannot read or write {e.filename or cfg.out_dir} ({reason(e)})", file=sys.stderr)
         sys.exit(1)
 
 

@@ -150,7 +150,7 @@ def _load_emnist(data_dir):
         ds = tvd.EMNIST(data_dir, split="digits", train=False, download=True)
     except Exception as e:
         raise cebm.CEBMError(f"emnist: skipped, not found in '{data_dir}' and not downloadable "
-                             f"({type(e).__name__}); put EMNIST/raw/ there") from None
+                             f"({cebm.reason(e)}); put EMNIST/raw/ there") from None
     return ds.data.transpose(1, 2).unsqueeze(1).contiguous()
 
 
@@ -161,7 +161,7 @@ def _load_textures(data_dir, size=32):
         ds = tvd.DTD(data_dir, split="test", download=True)
     except Exception as e:
         raise cebm.CEBMError(f"textures: skipped, not found in '{data_dir}' and not downloadable "
-                             f"({type(e).__name__}); put dtd/dtd/ there") from None
+                             f"({cebm.reason(e)}); put dtd/images/ there") from None
     images = [torch.from_numpy(np.asarray(ds[i][0].convert("RGB").resize((size, size)))).permute(2, 0, 1)
               for i in range(len(ds))]
     return torch.stack(images)
@@ -423,10 +423,16 @@ def write_report(path, args, runs, sections, notes, shots, seconds, label, devic
 
 def main(argv=None):
     args = parse_args(argv)
+    out = Path(args.out)
+    existed = out.exists()
     try:
         evaluate(args)
-    except cebm.CEBMError as e:
+    except (cebm.CEBMError, OSError) as e:
+        if isinstance(e, OSError):
+            e = f"cannot read or write {e.filename or out} ({cebm.reason(e)})"
         print(f"error: {e}", file=sys.stderr)
+        if not existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # leave no empty folder behind
         sys.exit(1)
 
 

@@ -443,7 +443,8 @@ def test_digits_split_is_fixed_and_disjoint():
     assert set(y_train.tolist()) == set(range(10))
 
 
-def test_read_only_data_dir_is_copied_to_local_data(tmp_path, ignore_md5, monkeypatch):
+@pytest.mark.parametrize("error", [PermissionError(13, "Permission denied"), OSError(30, "Read-only file system")])
+def test_read_only_data_dir_is_copied_to_local_data(tmp_path, ignore_md5, monkeypatch, error):
     import torchvision.datasets.mnist as tv_mnist
     write_idx_gz(tmp_path / "shared" / "MNIST" / "raw", 5, seed=4)
     monkeypatch.chdir(tmp_path)
@@ -451,7 +452,7 @@ def test_read_only_data_dir_is_copied_to_local_data(tmp_path, ignore_md5, monkey
 
     def extract(url, download_root, **kw):  # the shared folder refuses writes, ./data accepts them
         if "shared" in str(download_root):
-            raise PermissionError(13, "Permission denied", str(download_root))
+            raise error
         return real_extract(url, download_root, **kw)
     monkeypatch.setattr(tv_mnist, "download_and_extract_archive", extract)
     x, _ = cebm.load_dataset("mnist", tmp_path / "shared", train=True)
@@ -759,3 +760,40 @@ def test_fast_and_eager_sgld_agree(tmp_path, dataset, shape):
     assert cebm.memory_format(tiny_cfg(tmp_path)) == torch.channels_last
     assert torch.allclose(results["eager"][0], results["fast"][0], atol=1e-5)
     assert torch.allclose(results["eager"][1], results["fast"][1], atol=1e-5)
+
+
+
+def test_unwritable_output_folders_are_one_line_and_leave_nothing_behind(tmp_path, capsys):
+    """As root, a read-only folder stays writable; a path under a plain file fails the same way (OSError)."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    for main, argv in ((cebm.main, ["--dataset", "digits", "--preset", "cpu", "--iters", "1"]),
+                       (cebm.main, ["--sample", "--n-samples", "1", "--sample-steps", "1"]),
+                       (evaluate.main, ["nowhere"])):
+        with pytest.raises(SystemExit) as e:
+            main(argv + ["--out-dir", str(blocker / "run")])
+        err = capsys.readouterr().err
+        assert e.value.code == 1 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    run = tiny_cfg(tmp_path, "--iters", "2")
+    cebm.run_cebm(run)
+    with pytest.raises(SystemExit):
+        cebm.main(["--export", str(blocker / "w.pt"), "--out-dir", run.out_dir])
+    assert "cannot read or write" in capsys.readouterr().err
+    stamp = {p: p.stat().st_mtime_ns for p in Path(run.out_dir).rglob("*")}
+    cebm.run_cebm(tiny_cfg(tmp_path, "--iters", "2", "--resume"))  # finished: writes nothing
+    assert stamp == {p: p.stat().st_mtime_ns for p in Path(run.out_dir).rglob("*")}
+
+
+def test_failed_evaluation_leaves_no_empty_folder(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        evaluate.main([str(tmp_path / "missing_run"), "--out-dir", str(tmp_path / "eval")])
+    assert "no checkpoint" in capsys.readouterr().err and not (tmp_path / "eval").exists()
+
+
+def test_metrics_of_a_failed_fresh_start_are_replaced_with_a_header(tmp_path):
+    cfg = tiny_cfg(tmp_path, "--iters", "2")
+    Path(cfg.out_dir).mkdir(parents=True)
+    (Path(cfg.out_dir) / "metrics.csv").write_text("")  # a run that died before its header row
+    cebm.run_cebm(cfg)
+    rows = cebm.read_metrics(Path(cfg.out_dir) / "metrics.csv")
+    assert [r["iteration"] for r in rows] == [1, 2]
