@@ -797,3 +797,22 @@ def test_metrics_of_a_failed_fresh_start_are_replaced_with_a_header(tmp_path):
     cebm.run_cebm(cfg)
     rows = cebm.read_metrics(Path(cfg.out_dir) / "metrics.csv")
     assert [r["iteration"] for r in rows] == [1, 2]
+
+
+def test_run_all_goes_on_after_a_failed_run_and_lists_it(tmp_path):
+    import subprocess
+    log = tmp_path / "calls.txt"
+    fake = tmp_path / "python"  # stands in for python: logs each call, fails the IGEBM runs
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\ncase "$*" in *igebm*) exit 1 ;; esac\n')
+    fake.chmod(0o755)
+    repo = Path(__file__).parent
+    proc = subprocess.run(["bash", str(repo / "run_all.sh"), "--quick", "--runs-dir", str(tmp_path / "runs")],
+                          env={**os.environ, "PYTHON": str(fake)}, capture_output=True, text=True)
+    calls = log.read_text().splitlines()
+    assert proc.returncode == 1
+    assert sum(c.startswith(("cebm.py", "baselines.py")) for c in calls) == 12  # every run was tried
+    assert calls[-1].startswith("evaluate.py") and "igebm" not in calls[-1]
+    assert "runs/report_quick" in calls[-1]  # not the shipped results/quick
+    assert "2 step(s) failed" in proc.stderr and "igebm on fashionmnist" in proc.stderr
+    bad = subprocess.run(["bash", str(repo / "run_all.sh"), "--data-dir"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip() == "run_all.sh: --data-dir needs a value (see --help)"
