@@ -9,16 +9,14 @@ report.md, which gathers them with the paper's numbers in separate columns.
 """
 import argparse
 import csv
-import math
 import platform
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from tqdm import tqdm
 
 import baselines
 import cebm
@@ -58,6 +56,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="torch device (default: cuda when present, else cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed for OOD noise, constant images, VAE samples (default: 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (for log files)")
     p.add_argument("--command", default=None, help=argparse.SUPPRESS)  # run_all.sh records its own command
     args = p.parse_args(argv)
     unknown = set(filter(None, args.skip.split(","))) - set(PARTS)
@@ -117,7 +116,7 @@ OTHER = {"mnist": "fashionmnist", "fashionmnist": "mnist", "digits": "fashionmni
          "cifar10": "svhn", "svhn": "cifar10"}
 
 
-def ood_sets(dataset, data_dir, n, seed):
+def ood_sets(dataset, data_dir, n, seed, n_test=10_000):
     """OOD image sets (uint8 [N, C, H, W]) for a training set, and a line for each set skipped."""
     channels, size, _ = cebm.DATASETS[dataset]
     g = torch.Generator().manual_seed(seed)
@@ -132,7 +131,7 @@ def ood_sets(dataset, data_dir, n, seed):
         sets["emnist" if size == 28 else "textures"] = extra(data_dir)
     except cebm.CEBMError as e:
         skipped.append(str(e))
-    m = n or 10_000
+    m = n or n_test  # as many constant (and noise) images as test images
     level = torch.randint(0, 256, (m, channels, 1, 1), generator=g, dtype=torch.int64)
     sets["constant"] = level.expand(m, channels, size, size).to(torch.uint8).contiguous()  # one grey/colour per image
     if size == 28:
@@ -155,16 +154,24 @@ def _load_emnist(data_dir):
 
 
 def _load_textures(data_dir, size=32):
-    """DTD test split (partition 1), each image resized to size x size (as the official code)."""
+    """Every DTD image (5,640; the official code's ImageFolder on dtd/images, not one test partition),
+    resized bilinearly to size x size. Looks in <data_dir>/dtd/dtd/images (torchvision's layout) or
+    <data_dir>/dtd/images, and downloads through torchvision when neither is there."""
+    from PIL import Image
     import torchvision.datasets as tvd
-    try:
-        ds = tvd.DTD(data_dir, split="test", download=True)
-    except Exception as e:
-        raise cebm.CEBMError(f"textures: skipped, not found in '{data_dir}' and not downloadable "
-                             f"({cebm.reason(e)}); put dtd/images/ there") from None
-    images = [torch.from_numpy(np.asarray(ds[i][0].convert("RGB").resize((size, size)))).permute(2, 0, 1)
-              for i in range(len(ds))]
-    return torch.stack(images)
+    roots = [Path(data_dir) / "dtd" / "dtd" / "images", Path(data_dir) / "dtd" / "images"]
+    if not any(r.is_dir() for r in roots):
+        try:
+            tvd.DTD(data_dir, download=True)
+        except Exception as e:
+            raise cebm.CEBMError(f"textures: skipped, not found in '{data_dir}' and not downloadable "
+                                 f"({cebm.reason(e)}); put dtd/images/<class>/*.jpg there") from None
+    files = sorted(next(r for r in roots if r.is_dir()).glob("*/*.jpg"))
+    if not files:
+        raise cebm.CEBMError(f"textures: skipped, no images in '{data_dir}/dtd'")
+    images = [torch.from_numpy(np.array(Image.open(f).convert("RGB").resize((size, size), Image.BILINEAR)))
+              for f in files]
+    return torch.stack(images).permute(0, 3, 1, 2).contiguous()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -238,11 +245,45 @@ def plot_neighbours(path, title, queries, columns):
 # --------------------------------------------------------------------------------------------------
 
 def evaluate(args):
+    """The three evaluations of the paper for every dataset the runs were trained on; then report.md."""
     t_start = time.time()
     device = torch.device(args.device)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     skip = set(filter(None, args.skip.split(",")))
+    shots, protocols = parse_lists(args)
+    runs = load_runs(args.runs, device)
+    out.mkdir(parents=True, exist_ok=True)
+    tables = {"fewshot": [], "knn": [], "ood": []}
+    notes, sections = [], []
+    for dataset, drs in sorted(group_by_dataset(runs).items()):
+        name = DATASET_NAMES.get(dataset, dataset)
+        print(f"== {name}: {len(drs)} runs", file=sys.stderr)
+        data = {split: cebm.load_dataset(dataset, args.data_dir, train=split == "train") for split in ("train", "test")}
+        feats = {"pixels": [cebm.encode(pixels, data[s][0], device) for s in ("train", "test")]}
+        for r in tqdm(drs, desc="encoding", disable=args.no_progress, leave=False):
+            feats[r["path"]] = [cebm.encode(r["model"].latent, data[s][0], device) for s in ("train", "test")]
+        sec = {"dataset": dataset, "fewshot": [], "knn": [], "ood": [], "figures": []}
+        if "fewshot" not in skip:
+            sec["fewshot"] = fewshot_part(args, dataset, drs, feats, data, shots, protocols)
+        if "knn" not in skip:
+            sec["knn"], sec["figures"] = knn_part(args, dataset, drs, feats, data, out, device)
+        if "ood" not in skip:
+            sec["ood"] = ood_part(args, dataset, drs, data["test"][0], notes, device)
+        for part in tables:
+            tables[part] += [[name] + row for row in sec[part]]
+        sections.append(sec)
+    headers = {"fewshot": ["dataset", "model", "protocol"] + [f"ours {s}" for s in shots] + [f"paper {s}" for s in shots],
+               "knn": ["dataset", "model", "ours 1-NN accuracy", "paper (poster)"],
+               "ood": ["dataset", "model", "OOD set", "score", "ours AUROC %", "paper AUROC %"]}
+    for part, rows in tables.items():
+        if part not in skip:
+            write_table(out / part, headers[part], rows)
+    write_report(out / "report.md", args, runs, sections, notes, shots, time.time() - t_start, device)
+    print(f"wrote {out}/report.md", file=sys.stderr)
+
+
+def parse_lists(args):
+    """--shots and --protocol as lists, checked."""
     shots = [s.strip() for s in args.shots.split(",")]
     for s in shots:
         if s != "full" and not s.isdigit():
@@ -251,116 +292,103 @@ def evaluate(args):
     for p in protocols:
         if p not in cebm.PROTOCOLS:
             raise cebm.CEBMError(f"--protocol takes {' and/or '.join(cebm.PROTOCOLS)}, not '{p}'")
+    return shots, protocols
 
+
+def load_runs(paths, device):
+    """Every run as a dict (path, model, cfg, iteration, seconds, label). The label is the model's name,
+    with the run's folder when several runs of one model share a dataset."""
     runs = []
-    for path in args.runs:
+    for path in paths:
         model, cfg, info = load_run(path, device)
         runs.append({"path": path, "model": model, "cfg": cfg, **info})
-    by_dataset = {}
     for r in runs:
-        by_dataset.setdefault(r["cfg"]["dataset"], []).append(r)
-    same = {}
-    for r in runs:
-        same.setdefault((r["cfg"]["dataset"], r["cfg"]["model"]), []).append(r)
-
-    def label(r):
-        """The model's name, with its run folder when several runs of it share a dataset."""
         name = NAMES.get(r["cfg"]["model"], r["cfg"]["model"])
-        many = len(same[(r["cfg"]["dataset"], r["cfg"]["model"])]) > 1
-        return f"{name} ({Path(r['path']).name})" if many else name
+        many = sum(q["cfg"]["dataset"] == r["cfg"]["dataset"] and q["cfg"]["model"] == r["cfg"]["model"]
+                   for q in runs) > 1
+        r["label"] = f"{name} ({Path(r['path']).name})" if many else name
+    return runs
 
-    fewshot_rows, knn_rows, ood_rows, notes, sections = [], [], [], [], []
-    for dataset, drs in sorted(by_dataset.items()):
-        drs.sort(key=lambda r: (ORDER.index(r["cfg"]["model"]) if r["cfg"]["model"] in ORDER else 99,
-                                r["cfg"]["seed"]))
-        print(f"== {dataset}: {len(drs)} runs", file=sys.stderr)
-        x_train, y_train = cebm.load_dataset(dataset, args.data_dir, train=True)
-        x_test, y_test = cebm.load_dataset(dataset, args.data_dir, train=False)
-        y_train, y_test = y_train.numpy(), y_test.numpy()
-        feats = {"pixels": (cebm.encode(pixels, x_train, device), cebm.encode(pixels, x_test, device))}
-        labels = {"pixels": "pixels"}
-        for r in drs:
-            key = r["path"]
-            labels[key] = label(r)
-            feats[key] = (cebm.encode(r["model"].latent, x_train, device), cebm.encode(r["model"].latent, x_test, device))
-        sec = {"dataset": dataset, "fewshot": [], "knn": [], "ood": [], "figures": []}
 
-        if "fewshot" not in skip:
-            draws = cebm.few_shot_draws(y_train, shots, args.draws)
-            for key, (ftr, fte) in feats.items():
-                t = time.time()
-                for protocol in protocols:
-                    res = cebm.few_shot(ftr, y_train, fte, y_test, draws, protocol)
-                    model_key = "pixels" if key == "pixels" else next(r["cfg"]["model"] for r in drs if r["path"] == key)
-                    paper = cebm.PAPER_TABLE1.get(dataset, {}).get(model_key)
-                    row = [DATASET_NAMES.get(dataset, dataset), labels[key], protocol] + [pct(res[s]) for s in shots]
-                    row += [paper[["1", "10", "100", "full"].index(s)] if paper and protocol == "paper" else ""
-                            for s in shots]
-                    fewshot_rows.append(row)
-                    sec["fewshot"].append(row[1:])
-                    print(f"   few-shot {labels[key]} ({protocol}): " + ", ".join(f"{s}: {pct(res[s])}" for s in shots)
-                          + f" ({time.time() - t:.0f}s)", file=sys.stderr)
+def group_by_dataset(runs):
+    """{dataset: its runs in the paper's row order}."""
+    groups = {}
+    for r in runs:
+        groups.setdefault(r["cfg"]["dataset"], []).append(r)
+    for drs in groups.values():
+        drs.sort(key=lambda r: (ORDER.index(r["cfg"]["model"]) if r["cfg"]["model"] in ORDER else 99, r["cfg"]["seed"]))
+    return groups
 
-        if "knn" not in skip:
-            mats, nn2 = {}, {}
-            for key, (ftr, fte) in feats.items():
-                idx = nearest(ftr, fte, k=2, device=device)
-                pred = y_train[idx[:, 0]]
-                acc = float((pred == y_test).mean())
-                mats[labels[key]] = (acc, confusion(y_test, pred, int(y_train.max()) + 1))
-                nn2[labels[key]] = idx
-                model_key = "pixels" if key == "pixels" else next(r["cfg"]["model"] for r in drs if r["path"] == key)
-                paper = PAPER_KNN.get(dataset, {}).get(model_key, "")
-                knn_rows.append([DATASET_NAMES.get(dataset, dataset), labels[key], f"{acc:.3f}", paper])
-                sec["knn"].append([labels[key], f"{acc:.3f}", paper])
-            conf_png = out / f"confusion_{dataset}.png"
-            plot_confusions(conf_png, f"1-NN confusion matrices, {DATASET_NAMES.get(dataset, dataset)} test set "
-                            "(row-normalised; title: accuracy)", mats)
-            q = np.random.RandomState(args.seed).choice(len(x_test), 6, replace=False)
-            cols = {name: [x_train[torch.as_tensor(idx[i])] for i in q] for name, idx in nn2.items()}
-            nn_png = out / f"neighbours_{dataset}.png"
-            plot_neighbours(nn_png, f"{DATASET_NAMES.get(dataset, dataset)}: test images and their 2 nearest "
-                            "training images in each space", [x_test[i] for i in q], cols)
-            sec["figures"] += [conf_png.name, nn_png.name]
 
-        if "ood" not in skip:
-            sets, skipped = ood_sets(dataset, args.data_dir, args.ood_n, args.seed)
-            for line in skipped:
-                print(f"   OOD {line}", file=sys.stderr)
-                notes.append(f"{DATASET_NAMES.get(dataset, dataset)}: OOD set {line}")
-            x_in = x_test
-            if args.ood_n:
-                x_in = x_test[torch.randperm(len(x_test), generator=torch.Generator().manual_seed(args.seed))[:args.ood_n]]
-            for r in drs:
-                log_p = cebm.density(r["model"], args.ood_k)
-                if log_p is None:
-                    notes.append(f"{DATASET_NAMES.get(dataset, dataset)}: {label(r)} has no density; no OOD scores")
-                    continue
-                noise = cebm.score_noise(r["model"], r["cfg"])
-                batch = 100 if hasattr(r["model"], "energy") else max(1, 2000 // args.ood_k)
-                s_in = cebm.ood_scores(log_p, x_in, noise, device, args.seed, batch)
-                paper = cebm.PAPER_TABLE5.get(dataset, {}).get(r["cfg"]["model"], {})
-                for name, imgs in sets.items():
-                    s_out = cebm.ood_scores(log_p, imgs, noise, device, args.seed + 1, batch)
-                    for i, score in enumerate(("logp", "grad")):
-                        row = [DATASET_NAMES.get(dataset, dataset), label(r), name,
-                               "log p(x)" if score == "logp" else "-‖∇x log p(x)‖",
-                               f"{100 * cebm.auroc(s_in[i], s_out[i]):.1f}", paper.get((score, name), "")]
-                        ood_rows.append(row)
-                        sec["ood"].append(row[1:])
-                print(f"   OOD {label(r)} done", file=sys.stderr)
-        sections.append(sec)
+def fewshot_part(args, dataset, drs, feats, data, shots, protocols):
+    """Table 1: rows (model, protocol, ours per shot..., paper per shot...)."""
+    y_train, y_test = data["train"][1].numpy(), data["test"][1].numpy()
+    draws = cebm.few_shot_draws(y_train, shots, args.draws)
+    entries = [("pixels", "pixels", "pixels")] + [(r["path"], r["label"], r["cfg"]["model"]) for r in drs]
+    rows = []
+    for key, label, model in tqdm(entries, desc="few-shot", disable=args.no_progress):
+        f_train, f_test = feats[key]
+        for protocol in protocols:
+            res = cebm.few_shot(f_train, y_train, f_test, y_test, draws, protocol)
+            paper = cebm.PAPER_TABLE1.get(dataset, {}).get(model)
+            cells = [paper[["1", "10", "100", "full"].index(s)] if paper and protocol == "paper" and
+                     s in ("1", "10", "100", "full") else "" for s in shots]
+            rows.append([label, protocol] + [pct(res[s]) for s in shots] + cells)
+            print(f"   few-shot {label} ({protocol}): " + ", ".join(f"{s}: {pct(res[s])}" for s in shots),
+                  file=sys.stderr)
+    return rows
 
-    fs_header = ["dataset", "model", "protocol"] + [f"ours {s}" for s in shots] + [f"paper {s}" for s in shots]
-    if "fewshot" not in skip:
-        write_table(out / "fewshot", fs_header, fewshot_rows)
-    if "knn" not in skip:
-        write_table(out / "knn", ["dataset", "model", "ours 1-NN accuracy", "paper (poster)"], knn_rows)
-    if "ood" not in skip:
-        write_table(out / "ood", ["dataset", "model", "OOD set", "score", "ours AUROC %", "paper AUROC %"],
-                    ood_rows)
-    write_report(out / "report.md", args, runs, sections, notes, shots, time.time() - t_start, label, device)
-    print(f"wrote {out}/report.md", file=sys.stderr)
+
+def knn_part(args, dataset, drs, feats, data, out, device):
+    """Fig. 1 / Appendix F: 1-NN accuracy rows, confusion matrices and nearest-neighbour figures."""
+    (x_train, y_train), (x_test, y_test) = [(x, y.numpy()) for x, y in (data["train"], data["test"])]
+    name = DATASET_NAMES.get(dataset, dataset)
+    entries = [("pixels", "pixels", "pixels")] + [(r["path"], r["label"], r["cfg"]["model"]) for r in drs]
+    rows, mats, nn2 = [], {}, {}
+    for key, label, model in tqdm(entries, desc="1-NN", disable=args.no_progress):
+        idx = nearest(*feats[key], k=2, device=device)
+        pred = y_train[idx[:, 0]]
+        acc = float((pred == y_test).mean())
+        mats[label], nn2[label] = (acc, confusion(y_test, pred, int(y_train.max()) + 1)), idx
+        rows.append([label, f"{acc:.3f}", PAPER_KNN.get(dataset, {}).get(model, "")])
+    conf_png, nn_png = out / f"confusion_{dataset}.png", out / f"neighbours_{dataset}.png"
+    plot_confusions(conf_png, f"1-NN confusion matrices, {name} test set (row-normalised; title: accuracy)", mats)
+    q = np.random.RandomState(args.seed).choice(len(x_test), 6, replace=False)
+    cols = {label: [x_train[torch.as_tensor(idx[i])] for i in q] for label, idx in nn2.items()}
+    plot_neighbours(nn_png, f"{name}: test images and their 2 nearest training images in each space",
+                    [x_test[i] for i in q], cols)
+    return rows, [conf_png.name, nn_png.name]
+
+
+def ood_part(args, dataset, drs, x_test, notes, device):
+    """Table 5: AUROC rows (model, OOD set, score, ours, paper) of log p(x) and the gradient score."""
+    name = DATASET_NAMES.get(dataset, dataset)
+    sets, skipped = ood_sets(dataset, args.data_dir, args.ood_n, args.seed, len(x_test))
+    for line in skipped:
+        print(f"   OOD {line}", file=sys.stderr)
+        notes.append(f"{name}: OOD set {line}")
+    x_in = x_test
+    if args.ood_n:
+        x_in = x_test[torch.randperm(len(x_test), generator=torch.Generator().manual_seed(args.seed))[:args.ood_n]]
+    rows = []
+    for r in drs:
+        log_p = cebm.density(r["model"], args.ood_k)
+        if log_p is None:
+            notes.append(f"{name}: {r['label']} has no density; no OOD scores")
+            continue
+        noise = cebm.score_noise(r["model"], r["cfg"])
+        batch = 100 if hasattr(r["model"], "energy") else max(1, 2000 // args.ood_k)
+        paper = cebm.PAPER_TABLE5.get(dataset, {}).get(r["cfg"]["model"], {})
+        parts = {"in-distribution": x_in, **sets}
+        bar = tqdm(parts.items(), desc=f"OOD {r['label']}", disable=args.no_progress)
+        s = {set_name: cebm.ood_scores(log_p, imgs, noise, device, args.seed + (set_name in sets), batch)
+             for set_name, imgs in bar}
+        for set_name in sets:
+            for i, score in enumerate(("logp", "grad")):
+                rows.append([r["label"], set_name, "log p(x)" if score == "logp" else "-‖∇x log p(x)‖",
+                             f"{100 * cebm.auroc(s['in-distribution'][i], s[set_name][i]):.1f}",
+                             paper.get((score, set_name), "")])
+    return rows
 
 
 def hardware():
@@ -374,7 +402,7 @@ def hardware():
     return platform.processor() or platform.machine()
 
 
-def write_report(path, args, runs, sections, notes, shots, seconds, label, device):
+def write_report(path, args, runs, sections, notes, shots, seconds, device):
     cmd = args.command or "python evaluate.py " + " ".join(sys.argv[1:])
     lines = ["# CEBM benchmark report", "",
              "Every number in the 'ours' columns was computed by `evaluate.py` from the run folders listed "
@@ -397,7 +425,7 @@ def write_report(path, args, runs, sections, notes, shots, seconds, label, devic
              "## Runs and their budgets", "",
              markdown(["run", "model", "dataset", "preset", "iterations", "batch", "SGLD steps",
                        "train wall time", "train device", "mode"],
-                      [[f"`{r['path']}`", label(r), r["cfg"]["dataset"], r["cfg"].get("preset", ""),
+                      [[f"`{r['path']}`", r["label"], r["cfg"]["dataset"], r["cfg"].get("preset", ""),
                         r["iteration"], r["cfg"]["batch_size"],
                         r["cfg"]["sgld_steps"] if r["cfg"]["model"] in ("igebm",) or r["cfg"]["model"].startswith("cebm")
                         else "-", f"{r['seconds'] / 60:.1f} min", r["cfg"]["device"],

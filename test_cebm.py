@@ -711,6 +711,20 @@ def test_ood_sets_skip_missing_data_with_a_line(tmp_path):
     assert sets32["constant"].shape == (5, 3, 32, 32)
 
 
+def test_textures_are_every_dtd_image_resized_bilinearly(tmp_path):
+    from PIL import Image
+    rng = np.random.RandomState(0)
+    for cls, n in (("banded", 2), ("woven", 3)):
+        (tmp_path / "dtd" / "dtd" / "images" / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.randint(0, 256, (40 + i, 50, 3)).astype(np.uint8)).save(
+                tmp_path / "dtd" / "dtd" / "images" / cls / f"{cls}_{i}.jpg")
+    x = evaluate._load_textures(tmp_path)
+    assert x.shape == (5, 3, 32, 32) and x.dtype == torch.uint8
+    first = Image.open(tmp_path / "dtd" / "dtd" / "images" / "banded" / "banded_0.jpg").convert("RGB")
+    assert np.array_equal(x[0].permute(1, 2, 0).numpy(), np.asarray(first.resize((32, 32), Image.BILINEAR)))
+
+
 def test_evaluate_end_to_end_on_tiny_runs_of_every_model(tmp_path):
     runs = []
     for bias in ("gaussian", "gmm"):
