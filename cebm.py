@@ -100,6 +100,10 @@ def build_parser(description=__doc__, benchmark=True):
     g.add_argument("--iters", type=int, help="training iterations (gradient steps)")
     g.add_argument("--batch-size", type=int, help="data and model samples per iteration")
     g.add_argument("--lr", type=float, help="Adam learning rate (App. D: 1e-4)")
+    g.add_argument("--warmup", type=int, default=0,
+                   help="iterations of linear learning-rate warm-up from 0 (default: 0, none)")
+    g.add_argument("--lr-half-life", type=int, default=0,
+                   help="halve the learning rate every this many iterations, smoothly (default: 0, constant)")
     g.add_argument("--seed", type=int, default=0, help="seed for torch's RNGs")
     g = p.add_argument_group("PCD / SGLD (Appendix D, E)")
     g.add_argument("--sgld-steps", type=int, help="SGLD steps per iteration")
@@ -198,8 +202,8 @@ def parse_args(parser, argv=None, model_name=None):
                  "sample_every", "probe_n"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    if cfg.probe_every < 0:
-        parser.error("--probe-every must be 0 (off) or more")
+    if cfg.probe_every < 0 or cfg.warmup < 0 or cfg.lr_half_life < 0:
+        parser.error("--probe-every, --warmup and --lr-half-life must be 0 (off) or more")
     for name in ("lr", "gan_lr"):
         value = getattr(cfg, name, None)
         if value is not None and not (math.isfinite(value) and value > 0):
@@ -674,7 +678,9 @@ def load_model(path, device="cpu"):
 def check_resumable(saved, cfg):
     """A resumed run must be the same experiment; only budget and bookkeeping flags may change."""
     now = config_dict(cfg)
-    diff = [k for k in sorted(set(saved) | set(now)) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k)]
+    # A flag newer than the checkpoint (absent from it) is no change while it is off (0, False, None).
+    diff = [k for k in sorted(set(saved) | set(now)) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k)
+            and not (k not in saved and not now.get(k))]
     if diff:
         pairs = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff)
         raise CEBMError(f"cannot resume {cfg.out_dir}: settings differ from its checkpoint ({pairs}); "
@@ -735,6 +741,20 @@ def prepare_run_folder(out, config, start):
         _trim_metrics(out / name, start if start else -1)
 
 
+def lr_factor(cfg, iteration):
+    """Learning-rate multiplier at an iteration: linear warm-up, then exponential decay. A function of
+    the iteration alone, so a resumed run follows the same schedule."""
+    warm = min(1.0, (iteration + 1) / cfg.warmup) if cfg.warmup else 1.0
+    return warm * (0.5 ** (iteration / cfg.lr_half_life) if cfg.lr_half_life else 1.0)
+
+
+def set_lr(cfg, optimizers, iteration):
+    for opt in optimizers.values():
+        for group in opt.param_groups:
+            group.setdefault("initial_lr", group["lr"])  # saved with the optimizer, so resume keeps it
+            group["lr"] = group["initial_lr"] * lr_factor(cfg, iteration)
+
+
 def train(cfg, model, step, optimizers, buffer=None):
     """The loop shared by every model: batches from the on-device training set, a metrics log,
     sample grids, atomic checkpoints, exact resume, and a stop with a clear message on divergence.
@@ -785,6 +805,8 @@ def train(cfg, model, step, optimizers, buffer=None):
             measure(0)
         for it in range(start, cfg.iters):
             x = to_model_range(images[torch.randint(len(images), (cfg.batch_size,), device=device)])
+            if cfg.warmup or cfg.lr_half_life:
+                set_lr(cfg, optimizers, it)
             metrics, shown = step(x)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0) + v

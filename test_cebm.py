@@ -229,6 +229,25 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path):
     assert [r["iteration"] for r in rows] == [1, 2, 3, 4, 5, 6]
 
 
+def test_lr_schedule_warms_up_decays_and_resumes_exactly(tmp_path):
+    cfg = tiny_cfg(tmp_path, "--warmup", "4", "--lr-half-life", "10")
+    assert [cebm.lr_factor(cfg, i) for i in (0, 3)] == [0.25, 0.5 ** 0.3]
+    assert cebm.lr_factor(cfg, 20) == pytest.approx(0.25)
+    flags = ["--warmup", "2", "--lr-half-life", "3"]
+    whole = tiny_cfg(tmp_path / "a", *flags)
+    cebm.run_cebm(whole)
+    cebm.run_cebm(tiny_cfg(tmp_path / "b", *flags, "--iters", "3"))
+    cebm.run_cebm(tiny_cfg(tmp_path / "b", *flags, "--resume"))
+    a, b = cebm.load_checkpoint(whole.out_dir), cebm.load_checkpoint(tmp_path / "b" / "run")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    group = a["optimizers"]["adam"]["param_groups"][0]
+    assert group["initial_lr"] == 5e-4 and group["lr"] == pytest.approx(5e-4 * 0.5 ** (5 / 3))
+    plain = tiny_cfg(tmp_path / "c")
+    cebm.run_cebm(plain)  # no schedule: the optimizer is never touched
+    assert "initial_lr" not in cebm.load_checkpoint(plain.out_dir)["optimizers"]["adam"]["param_groups"][0]
+
+
 def test_resume_trims_log_rows_after_the_checkpoint(tmp_path):
     cfg = tiny_cfg(tmp_path, "--iters", "3")
     cebm.run_cebm(cfg)
