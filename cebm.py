@@ -70,12 +70,21 @@ RESUMABLE_CHANGES = {"iters", "device", "resume", "out_dir", "data_dir", "log_ev
                      "probe_every", "probe_n"}
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help keeps the module docstring's layout and shows every flag's default (unless its help
+    already names it, or it has none)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, with a bad flag reported in one line (not the whole usage block) and no abbreviations."""
 
     def __init__(self, description):
-        super().__init__(description=description, allow_abbrev=False,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+        super().__init__(description=description, allow_abbrev=False, formatter_class=HelpFormatter)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -167,6 +176,10 @@ def build_parser(description=__doc__, benchmark=True):
                    help="write the model weights and config of <out-dir>'s checkpoint (no optimizer or buffer) "
                         "to PATH, a file that evaluate.py and --sample accept as weights.pt of a folder; exit")
     p.set_defaults(**PRESETS["paper"])
+    for action in p._actions:  # each budget flag's help lists its value in every preset
+        if action.dest in PRESETS["paper"]:
+            values = ", ".join(f"{name} {preset[action.dest]:g}" for name, preset in PRESETS.items())
+            action.help = f"{action.help or ''} [presets: {values}]"
     return p
 
 

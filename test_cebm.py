@@ -849,3 +849,11 @@ def test_run_all_goes_on_after_a_failed_run_and_lists_it(tmp_path):
     assert "2 step(s) failed" in proc.stderr and "igebm on fashionmnist" in proc.stderr
     bad = subprocess.run(["bash", str(repo / "run_all.sh"), "--data-dir"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip() == "run_all.sh: --data-dir needs a value (see --help)"
+
+
+@pytest.mark.parametrize("parser", [cebm.cebm_parser, baselines.baseline_parser])
+def test_help_shows_every_default_and_each_presets_value(parser):
+    text = " ".join(parser().format_help().split())
+    assert "--iters ITERS training iterations (gradient steps) [presets: paper 90000, cpu 600] (default: 90000)" in text
+    assert "--energy-reg ENERGY_REG" in text and "(default: 0.1)" in text
+    assert "--benchmark" not in text or parser is cebm.cebm_parser
