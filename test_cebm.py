@@ -854,6 +854,6 @@ def test_run_all_goes_on_after_a_failed_run_and_lists_it(tmp_path):
 @pytest.mark.parametrize("parser", [cebm.cebm_parser, baselines.baseline_parser])
 def test_help_shows_every_default_and_each_presets_value(parser):
     text = " ".join(parser().format_help().split())
-    assert "--iters ITERS training iterations (gradient steps) [presets: paper 90000, cpu 600] (default: 90000)" in text
+    assert "--iters ITERS training iterations (gradient steps) [presets: paper 90000, cpu 600, cpu-long 60000] (default: 90000)" in text
     assert "--energy-reg ENERGY_REG" in text and "(default: 0.1)" in text
     assert "--benchmark" not in text or parser is cebm.cebm_parser
