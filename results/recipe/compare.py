@@ -1,0 +1,45 @@
+"""Overlay the probe curves of the recipe study and tabulate them.
+
+    python results/recipe/compare.py results/recipe/mnist_*        # -> results/recipe/compare.{png,md}
+
+Each argument is a folder holding a probe.csv (a run folder, or its copy under results/recipe/).
+"""
+import sys
+from pathlib import Path
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import cebm  # noqa: E402
+
+KEYS = ["acc1", "acc10", "acc100", "auroc_grad_fashionmnist"]
+
+
+def main(folders, out=Path(__file__).parent / "compare"):
+    runs = {Path(f).name: cebm.read_metrics(Path(f) / "probe.csv") for f in folders}
+    keys = [k for k in KEYS if any(k in rows[0] for rows in runs.values())]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for name, rows in runs.items():
+            if key in rows[0]:
+                ax.plot([r["seconds"] / 60 for r in rows], [r[key] for r in rows], "o-", ms=2, label=name)
+        ax.set_title(key)
+        ax.set_xlabel("training minutes")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=110)
+    lines = ["| run | iterations | training min | " + " | ".join(f"{k} last (best)" for k in keys) + " |",
+             "|---|---|---|" + "---|" * len(keys)]
+    for name, rows in runs.items():
+        last = rows[-1]
+        cells = [f"{last.get(k, float('nan')):.1f} ({max(r.get(k, 0) for r in rows):.1f})" for k in keys]
+        lines.append(f"| {name} | {last['iteration']:.0f} | {last['seconds'] / 60:.1f} | " + " | ".join(cells) + " |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
