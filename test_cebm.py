@@ -857,3 +857,21 @@ def test_help_shows_every_default_and_each_presets_value(parser):
     assert "--iters ITERS training iterations (gradient steps) [presets: paper 90000, cpu 600, cpu-long 60000] (default: 90000)" in text
     assert "--energy-reg ENERGY_REG" in text and "(default: 0.1)" in text
     assert "--benchmark" not in text or parser is cebm.cebm_parser
+
+
+def test_exported_weights_load_sample_and_evaluate_like_the_run(tmp_path, capsys):
+    cfg = tiny_cfg(tmp_path, "--iters", "2")
+    cebm.run_cebm(cfg)
+    dest = tmp_path / "shipped" / "weights.pt"
+    cebm.main(["--export", str(dest), "--out-dir", cfg.out_dir])
+    slim, full = cebm.load_checkpoint(dest), cebm.load_checkpoint(cfg.out_dir)
+    assert set(slim) == {"config", "model", "iteration", "seconds"} and slim["iteration"] == 2
+    assert dest.stat().st_size < (Path(cfg.out_dir) / "ckpt.pt").stat().st_size / 2
+    model, _ = cebm.load_model(dest.parent)  # a folder holding weights.pt only
+    for k, v in full["model"].items():
+        assert torch.equal(model.state_dict()[k], v), k
+    cebm.main(["--sample", "--out-dir", str(dest.parent), "--sample-steps", "2", "--n-samples", "4"])
+    assert (dest.parent / "samples_2steps.png").exists()
+    a, b = evaluate.load_run(dest, "cpu"), evaluate.load_run(cfg.out_dir, "cpu")
+    x = torch.rand(3, 1, 28, 28) * 2 - 1
+    assert torch.equal(a[0].latent(x), b[0].latent(x)) and a[2] == b[2]
