@@ -1,6 +1,7 @@
 """Overlay the probe curves of the recipe study and tabulate them.
 
     python results/recipe/compare.py results/recipe/mnist_*        # -> results/recipe/compare.{png,md}
+    python results/recipe/compare.py --out results/recipe/compare_gmm results/recipe/gmm_*
 
 Each argument is a folder holding a probe.csv (a run folder, or its copy under results/recipe/).
 """
@@ -14,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import cebm  # noqa: E402
 
-KEYS = ["acc1", "acc10", "acc100", "auroc_grad_fashionmnist"]
+KEYS = ["acc1", "acc10", "acc100", "auroc_grad_fashionmnist", "auroc_grad_mnist"]
 
 
 def main(folders, out=Path(__file__).parent / "compare"):
@@ -42,4 +43,9 @@ def main(folders, out=Path(__file__).parent / "compare"):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    import argparse
+    p = argparse.ArgumentParser()
+    p.add_argument("folders", nargs="+")
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "compare", help="path without suffix")
+    args = p.parse_args()
+    main(args.folders, args.out)
