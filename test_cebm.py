@@ -487,7 +487,11 @@ def test_missing_data_offline_names_the_folder(tmp_path):
         with pytest.raises(cebm.CEBMError) as e:
             cebm.load_dataset(name, tmp_path / "empty", train=True)
         assert str(tmp_path / "empty") in str(e.value) and hint in str(e.value)
-        assert "\n" not in str(e.value)
+        assert "\n" not in str(e.value) and "Error)" not in str(e.value)  # words, not exception class names
+    cfg = tiny_cfg(tmp_path, "--dataset", "mnist", "--data-dir", str(tmp_path / "empty"))
+    with pytest.raises(cebm.CEBMError):
+        cebm.run_cebm(cfg)
+    assert not Path(cfg.out_dir).exists()  # a failed start leaves no run folder behind
 
 
 @pytest.mark.parametrize("script,argv,needle", [
@@ -725,6 +729,8 @@ def test_ood_sets_skip_missing_data_with_a_line(tmp_path):
     assert any(s.startswith("emnist: skipped") for s in skipped)
     c = sets["constant"]
     assert c.shape == (30, 1, 28, 28) and (c.flatten(1).min(1).values == c.flatten(1).max(1).values).all()
+    sets_all, _ = evaluate.ood_sets("digits", tmp_path, 0, seed=0, n_test=360)
+    assert len(sets_all["constant"]) == len(sets_all["noise"]) == 360  # as many as the test images
     sets32, skipped32 = evaluate.ood_sets("cifar10", tmp_path, 5, seed=0)
     assert set(sets32) == {"constant"} and any("textures" in s for s in skipped32)
     assert sets32["constant"].shape == (5, 3, 32, 32)
@@ -768,6 +774,7 @@ def test_evaluate_end_to_end_on_tiny_runs_of_every_model(tmp_path):
     assert all(0.0 <= float(r[4]) <= 100.0 for r in ood[1:])
     report = (out / "report.md").read_text()
     assert "Few-shot" in report and "1-nearest" in report and "AUROC" in report
+    assert "The paper's VAE column scores -log p(x)" in report and "VAEs on clean images" in report
     assert "fashionmnist: skipped" in report and "BiGAN has no density" in report
     ood_md = (out / "ood.md").read_text().splitlines()
     assert len({line.count("|") for line in ood_md if line.startswith("|")}) == 1  # no '|' inside a cell
