@@ -815,11 +815,7 @@ def train(cfg, model, step, optimizers, buffer=None):
         if reached_paper is None and probe.reached_paper(row):
             reached_paper = done
 
-    new_log = not log_path.exists()
-    log = open(log_path, "a", newline="")
-    writer = None
-    sums, count, last = {}, 0, {}
-    bad = torch.zeros((), dtype=torch.bool, device=device)  # divergence flag, read at log intervals
+    log = MetricsLog(log_path, device, cfg.diverge_at)
     bar = tqdm(total=cfg.iters, initial=start, disable=cfg.no_progress, dynamic_ncols=True)
     t0 = time.time()
     last_good = start
@@ -831,30 +827,16 @@ def train(cfg, model, step, optimizers, buffer=None):
             if cfg.warmup or cfg.lr_half_life:
                 set_lr(cfg, optimizers, it)
             metrics, shown = step(x)
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0) + v
-                bad = bad | ~torch.isfinite(v) | (v.abs() > cfg.diverge_at)
-            count += 1
+            log.add(metrics)
             done = it + 1
             bar.update(1)
             finished = stop_reason(cfg, done, elapsed(), reached_paper) is not None
             if done % cfg.log_every == 0 or finished or done % cfg.ckpt_every == 0:
-                # The only host sync of the loop: read averaged metrics and the divergence flag.
-                row = {"iteration": done, **{k: (v / count).item() for k, v in sums.items()},
-                       "seconds": round(elapsed(), 2)}
-                if bad.item():
-                    raise Diverged(f"training diverged by iteration {done} (" + ", ".join(
-                        f"{k}={row[k]:.4g}" for k in metrics) + f"); the last good checkpoint "
-                        f"(iteration {last_good}) is kept in {ckpt_path}. Try a smaller --lr or "
-                        f"--sgld-step-size, or a larger --energy-reg.")
-                if writer is None:
-                    writer = csv.DictWriter(log, fieldnames=list(row))
-                    if new_log:
-                        writer.writeheader()
-                writer.writerow(row)
-                log.flush()
-                sums, count, last = {}, 0, row
-                bar.set_postfix({k: f"{row[k]:.3g}" for k in metrics})
+                if not log.write(done, elapsed()):
+                    raise Diverged(f"training diverged by iteration {done} ({log.describe()}); the last good "
+                                   f"checkpoint (iteration {last_good}) is kept in {ckpt_path}. Try a smaller "
+                                   f"--lr or --sgld-step-size, or a larger --energy-reg.")
+                bar.set_postfix({k: f"{log.last[k]:.3g}" for k in metrics})
             if done % cfg.sample_every == 0 or finished:
                 save_image(shown[:64].float(), out / "samples" / f"iter_{done:06d}.png", nrow=8,
                            normalize=True, value_range=(-1, 1))
@@ -870,7 +852,47 @@ def train(cfg, model, step, optimizers, buffer=None):
         bar.close()
         log.close()
     why = stop_reason(cfg, done, elapsed(), reached_paper) or f"{done} iterations"
-    print(f"finished {out} ({why}): " + ", ".join(f"{k}={v:.4g}" for k, v in last.items()), file=sys.stderr)
+    print(f"finished {out} ({why}): {log.describe(with_clock=True)}", file=sys.stderr)
+
+
+class MetricsLog:
+    """metrics.csv: the step's metrics summed on the device and, every log interval, averaged into one row
+    (the loop's only host sync), with a divergence flag that is read at the same time."""
+
+    def __init__(self, path, device, diverge_at):
+        self.new = not path.exists()
+        self.file = open(path, "a", newline="")
+        self.writer, self.sums, self.count, self.last = None, {}, 0, {}
+        self.bad = torch.zeros((), dtype=torch.bool, device=device)
+        self.diverge_at = diverge_at
+
+    def add(self, metrics):
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0) + v
+            self.bad = self.bad | ~torch.isfinite(v) | (v.abs() > self.diverge_at)
+        self.count += 1
+
+    def write(self, iteration, seconds):
+        """Write a row; False (and no row) once a metric was non-finite or beyond --diverge-at."""
+        row = {"iteration": iteration, **{k: (v / self.count).item() for k, v in self.sums.items()},
+               "seconds": round(seconds, 2)}
+        self.last, self.sums, self.count = row, {}, 0
+        if self.bad.item():
+            return False
+        if self.writer is None:
+            self.writer = csv.DictWriter(self.file, fieldnames=list(row))
+            if self.new:
+                self.writer.writeheader()
+        self.writer.writerow(row)
+        self.file.flush()
+        return True
+
+    def describe(self, with_clock=False):
+        keep = [k for k in self.last if with_clock or k not in ("iteration", "seconds")]
+        return ", ".join(f"{k}={self.last[k]:.4g}" for k in keep)
+
+    def close(self):
+        self.file.close()
 
 
 def stop_reason(cfg, iteration, seconds, reached_paper):

@@ -242,7 +242,7 @@ def test_lr_schedule_warms_up_decays_and_resumes_exactly(tmp_path):
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     group = a["optimizers"]["adam"]["param_groups"][0]
-    assert group["initial_lr"] == 5e-4 and group["lr"] == pytest.approx(5e-4 * 0.5 ** (5 / 3))
+    assert group["initial_lr"] == whole.lr and group["lr"] == pytest.approx(whole.lr * 0.5 ** (5 / 3))
     plain = tiny_cfg(tmp_path / "c")
     cebm.run_cebm(plain)  # no schedule: the optimizer is never touched
     assert "initial_lr" not in cebm.load_checkpoint(plain.out_dir)["optimizers"]["adam"]["param_groups"][0]
