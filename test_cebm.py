@@ -285,6 +285,10 @@ def test_probe_leaves_the_trajectory_unchanged_and_resumes_exactly(tmp_path):
     assert [r for r in rows_cut if r["iteration"] != 3] == rows_on  # same measurements after the resume
     assert (Path(on.out_dir) / "probe.png").exists() and not (Path(off.out_dir) / "probe.csv").exists()
     assert cebm.read_metrics(Path(on.out_dir) / "probe.csv")[1]["probe_seconds"] > 0
+    best = cebm.load_checkpoint(Path(on.out_dir) / "best.pt")  # the probe's best model, weights only
+    scores = [sum(v for k, v in r.items() if k.startswith("acc")) for r in rows_on]
+    assert best["iteration"] == rows_on[scores.index(max(scores))]["iteration"] and "buffer" not in best
+    assert cebm.load_checkpoint(Path(cut.out_dir) / "best.pt")["iteration"] == best["iteration"]
 
 
 @pytest.mark.parametrize("model", ["vae", "bigan", "igebm"])

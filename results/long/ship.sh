@@ -11,6 +11,7 @@ for run in runs/long/*/; do
   mkdir -p "$dest"
   python cebm.py --export "$dest/weights.pt" --out-dir "$run"
   cp "$run"/{probe.csv,probe.png,metrics.csv,config.json} "$dest/"
+  [ -f "$run/best.pt" ] && cp "$run/best.pt" "$dest/best.pt"   # the probe's best model (weights only)
   case $name in
     cebm-*) python cebm.py --sample --out-dir "$dest" ;;
     igebm_*) python baselines.py --model igebm --sample --out-dir "$dest" ;;
