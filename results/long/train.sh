@@ -16,6 +16,6 @@ for ds in mnist fashionmnist; do
   models="vae"; [ $ds = fashionmnist ] && models="vae igebm"
   for model in $models; do
     python baselines.py --model $model --dataset $ds "${common[@]}" --no-stop-at-paper --max-minutes "$minutes" \
-      --out-dir runs/long/${model}_$ds
+      --probe-every 2000 --out-dir runs/long/${model}_$ds   # their iterations are cheap: probe less often
   done
 done
