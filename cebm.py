@@ -636,19 +636,24 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def atomic_save(obj, path):
+    """torch.save to a temp file, then rename: a reader never sees half a file, a crash never loses the old one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
 def save_checkpoint(path, model, optimizers, buffer, iteration, seconds, config, reached_paper=None):
-    """Everything a run needs to continue exactly, written atomically (temp file + rename)."""
-    ckpt = {
+    """Everything a run needs to continue exactly, written atomically."""
+    atomic_save({
         "config": config, "iteration": iteration, "seconds": seconds, "reached_paper": reached_paper,
         "model": model.state_dict(),
         "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
         "buffer": None if buffer is None else buffer.images,
         "rng": rng_state(),
-    }
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    }, path)
 
 
 def load_checkpoint(path):
@@ -668,29 +673,18 @@ def load_checkpoint(path):
     return ckpt
 
 
-def save_weights(path, model, config, iteration, seconds):
-    """Model weights, config, iteration and training seconds, without optimizer, buffer or RNG: what
-    evaluate.py and --sample need, at a fraction of a checkpoint's size. Atomic, like save_checkpoint."""
-    slim = {"config": config, "iteration": iteration, "seconds": seconds,
-            "model": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(slim, tmp)
-    os.replace(tmp, path)
+def weights_only(config, iteration, seconds, state_dict):
+    """What evaluate.py and --sample need (weights, config, iteration, training seconds), without optimizer,
+    buffer or RNG: a fraction of a checkpoint's size."""
+    return {"config": config, "iteration": iteration, "seconds": seconds,
+            "model": {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}}
 
 
 def export_weights(run, dest):
     """--export: the weights of a run folder's checkpoint (or of a best.pt/weights.pt file) as a weights file."""
     ckpt = load_checkpoint(run)
-    slim = {"config": ckpt["config"], "iteration": ckpt["iteration"], "seconds": ckpt["seconds"],
-            "model": {k: v.contiguous() for k, v in ckpt["model"].items()}}
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".tmp")
-    torch.save(slim, tmp)
-    os.replace(tmp, dest)
-    print(f"wrote {dest} ({dest.stat().st_size / 2 ** 20:.2f} MB, iteration {slim['iteration']})")
+    atomic_save(weights_only(ckpt["config"], ckpt["iteration"], ckpt["seconds"], ckpt["model"]), dest)
+    print(f"wrote {dest} ({Path(dest).stat().st_size / 2 ** 20:.2f} MB, iteration {ckpt['iteration']})")
 
 
 def load_weights(model, ckpt, path):
@@ -824,7 +818,7 @@ def train(cfg, model, step, optimizers, buffer=None):
         nonlocal probe_time, reached_paper
         row = probe(model, done, elapsed())
         if probe.is_best(row):  # the probe's best model so far, weights only (chosen on training images)
-            save_weights(out / "best.pt", model, config, done, elapsed())
+            atomic_save(weights_only(config, done, elapsed(), model.state_dict()), out / "best.pt")
         probe_time += row["probe_seconds"]
         if reached_paper is None and probe.reached_paper(row):
             reached_paper = done

@@ -154,7 +154,7 @@ def _load_emnist(data_dir):
 
 
 def _load_textures(data_dir, size=32):
-    """Every DTD image (5,640; the official code's ImageFolder on dtd/images, not one test partition),
+    """Every DTD image (the official code's ImageFolder on dtd/images, not one test partition),
     resized bilinearly to size x size. Looks in <data_dir>/dtd/dtd/images (torchvision's layout) or
     <data_dir>/dtd/images, and downloads through torchvision when neither is there."""
     from PIL import Image

@@ -67,10 +67,10 @@ for dataset in $datasets; do
   done
 done
 echo "training done in $(( ($(date +%s) - start) / 60 )) min; evaluating ${#run_dirs[@]} runs -> $out"
-cmd="bash run_all.sh $( [ "$quick" = 1 ] && echo --quick ) --data-dir $data_dir --seeds \"$seeds\" --out-dir $out"
+record="bash run_all.sh $( [ "$quick" = 1 ] && echo --quick ) --data-dir $data_dir --seeds \"$seeds\" --out-dir $out"
 if [ ${#run_dirs[@]} -gt 0 ]; then
   "$python" evaluate.py "${run_dirs[@]}" --data-dir "$data_dir" --out-dir "$out" "${device[@]}" "${eval_flags[@]}" \
-    --command "$cmd" || failed+=("evaluate.py")
+    --command "$record" || failed+=("evaluate.py")
 fi
 if [ ${#failed[@]} -gt 0 ]; then
   echo "run_all.sh: ${#failed[@]} step(s) failed:" >&2
