@@ -8,6 +8,7 @@ import math
 import os
 import pickle
 import struct
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -886,3 +887,52 @@ def test_exported_weights_load_sample_and_evaluate_like_the_run(tmp_path, capsys
     a, b = evaluate.load_run(dest, "cpu"), evaluate.load_run(cfg.out_dir, "cpu")
     x = torch.rand(3, 1, 28, 28) * 2 - 1
     assert torch.equal(a[0].latent(x), b[0].latent(x)) and a[2] == b[2]
+
+
+def test_local_launcher_runs_cells_in_parallel_evaluates_and_reports_a_failed_cell(tmp_path):
+    pytest.importorskip("submitit")
+    import subprocess
+    fake = tmp_path / "python"  # the real python, except that the IGEBM cell fails
+    fake.write_text(f'#!/bin/sh\ncase "$*" in *igebm*) echo "no IGEBM today" >&2; exit 3 ;; esac\n'
+                    f'exec {sys.executable} "$@"\n')
+    fake.chmod(0o755)
+    runs = tmp_path / "runs"
+    cmd = ["bash", str(Path(__file__).parent / "run_all.sh"), "--quick", "--datasets", "digits", "--models",
+           "cebm-gaussian igebm vae", "--iters", "2", "--runs-dir", str(runs), "--out-dir", str(tmp_path / "eval"),
+           "--eval-args", "--skip ood --draws 1 --shots 1 --no-progress", "--launcher", "local", "--jobs", "2"]
+    proc = subprocess.run(cmd, env={**os.environ, "PYTHON": str(fake)}, capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr
+    for name in ("cebm-gaussian", "vae"):  # the other cells finished, and were evaluated
+        assert (runs / "logs" / f"{name}_digits_cpu_s0.status").read_text() == "0\n"
+        assert cebm.load_checkpoint(runs / f"{name}_digits_cpu_s0")["iteration"] == 2
+    assert "CPU slot 1" in proc.stdout  # two at a time
+    fewshot = (tmp_path / "eval" / "fewshot.md").read_text()
+    assert "CEBM" in fewshot and "VAE" in fewshot and "IGEBM" not in fewshot
+    assert "no IGEBM today" in (runs / "logs" / "igebm_digits_cpu_s0.log").read_text()
+    assert "1 step(s) failed" in proc.stderr and "igebm_digits_cpu_s0: exit status 3" in proc.stderr
+
+
+def test_launchers_dry_run_and_say_what_is_missing(tmp_path):
+    import subprocess
+    run_all = ["bash", str(Path(__file__).parent / "run_all.sh"), "--runs-dir", str(tmp_path / "runs"),
+               "--datasets", "mnist", "--models", "cebm-gmm vae"]
+    dry = subprocess.run(run_all + ["--launcher", "slurm", "--partition", "gpu", "--gpus-per-job", "2", "--dry-run"],
+                         capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stderr
+    assert "slurm_partition=gpu" in dry.stdout and "gpus_per_node=2" in dry.stdout
+    assert "array task 1: python baselines.py --model vae --dataset mnist" in dry.stdout and "--resume" in dry.stdout
+    assert "afterany" in dry.stdout and not (tmp_path / "runs").exists()  # a dry run writes nothing
+    gpus = subprocess.run(run_all + ["--launcher", "local", "--gpus", "0,3", "--dry-run"], capture_output=True, text=True)
+    assert "2 cells at a time" in gpus.stdout and "GPU 3" in gpus.stdout
+    no_submitit = tmp_path / "nosubmitit"
+    no_submitit.mkdir()
+    (no_submitit / "submitit.py").write_text("raise ImportError('not installed')\n")
+    proc = subprocess.run(run_all + ["--launcher", "local", "--jobs", "2"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(no_submitit)})
+    assert proc.returncode == 2 and proc.stderr.strip() == "run_all.sh: --launcher needs submitit: pip install submitit"
+    assert not (tmp_path / "runs").exists()
+    for bad, line in ((["--jobs", "2"], "--jobs needs --launcher local or slurm"),
+                      (["--launcher", "pbs"], "--launcher must be local or slurm, not 'pbs'"),
+                      (["--launcher", "local", "--gpus", "a,b", "--dry-run"], "--gpus takes GPU numbers")):
+        proc = subprocess.run(run_all + bad, capture_output=True, text=True)
+        assert proc.returncode == 2 and line in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
