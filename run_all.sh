@@ -16,6 +16,8 @@
 # fails does not stop the others; the failures are listed at the end and the exit status is then 1.
 set -euo pipefail
 cd "$(dirname "$0")"
+invocation="bash run_all.sh"   # and its arguments: recorded in the report as the command that made it
+[ $# -eq 0 ] || invocation+=$(printf ' %q' "$@")
 
 quick=0
 data_dir=./data
@@ -70,10 +72,9 @@ else
   eval_flags=()
 fi
 python=${PYTHON:-python}
-record="bash run_all.sh$( [ "$quick" = 1 ] && echo " --quick" || true ) --data-dir $data_dir --seeds \"$seeds\" --out-dir $out"
 read -r -a more <<< "$eval_args"
 eval_cmd=("$python" evaluate.py --data-dir "$data_dir" --out-dir "$out" "${device[@]}" "${eval_flags[@]}" "${more[@]}"
-          --command "$record")   # the finished run folders go after evaluate.py
+          --command "$invocation")   # the finished run folders go after evaluate.py
 
 # The grid, built once for every launcher: one cell per (dataset, seed, model).
 cell() {  # cell DATASET SEED MODEL: sets dir and cmd

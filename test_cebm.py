@@ -893,7 +893,7 @@ def test_local_launcher_runs_cells_in_parallel_evaluates_and_reports_a_failed_ce
     pytest.importorskip("submitit")
     import subprocess
     fake = tmp_path / "python"  # the real python, except that the IGEBM cell fails
-    fake.write_text(f'#!/bin/sh\ncase "$*" in *igebm*) echo "no IGEBM today" >&2; exit 3 ;; esac\n'
+    fake.write_text(f'#!/bin/sh\ncase "$*" in *"--model igebm"*) echo "no IGEBM today" >&2; exit 3 ;; esac\n'
                     f'exec {sys.executable} "$@"\n')
     fake.chmod(0o755)
     runs = tmp_path / "runs"
