@@ -4,14 +4,15 @@
 # grid of each energy model's final weights; then evaluate.py on each run's best.pt (the model the probe chose on
 # held-out *training* images; no test image chose it): full test sets for few-shot and 1-NN, 2,000 images per
 # OOD set (the VAE's importance-sampled scores cost ~0.1 s per image here).
-#   bash results/long/ship.sh [DATA_DIR]
+#   bash results/long/ship.sh [DATA_DIR [DATASET]]     (default: ../shared/data, both; one report per dataset)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 data=${1:-../shared/data}
-for run in runs/long/*/; do
+datasets=${2:-"fashionmnist mnist"}
+for ds in $datasets; do
+for run in runs/long/*_$ds/; do
   name=$(basename "$run"); dest=results/long/$name
   [ -f "$run/ckpt.pt" ] || continue
-  [[ $name == *_v1 ]] && continue   # the first MNIST run, shipped by hand (no weights: see README)
   mkdir -p "$dest"
   python cebm.py --export "$dest/weights.pt" --out-dir "$run"
   cp "$run"/{probe.csv,probe.png,metrics.csv,config.json} "$dest/"
@@ -21,5 +22,6 @@ for run in runs/long/*/; do
     igebm_*) python baselines.py --model igebm --sample --out-dir "$dest" ;;
   esac
 done
-python evaluate.py results/long/*/best.pt --data-dir "$data" --out-dir results/long/eval --no-progress \
-  --ood-n 2000 --ood-k 16 --command "bash results/long/ship.sh $data"
+python evaluate.py results/long/*_$ds/best.pt --data-dir "$data" --out-dir results/long/eval/$ds --no-progress \
+  --ood-n 2000 --ood-k 16 --command "bash results/long/ship.sh $data $ds"
+done
