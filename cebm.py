@@ -19,8 +19,9 @@ Read top to bottom: config/CLI -> data -> encoder -> conjugate biases -> SGLD sa
     python cebm.py --sample --out-dir runs/cebm-gaussian_mnist_cpu_s0   # 500-step SGLD samples
 """
 import argparse
-import ctypes
+import contextlib
 import csv
+import ctypes
 import errno
 import json
 import math
@@ -732,6 +733,8 @@ def _trim_metrics(path, iteration):
         path.unlink()
         return
     kept = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= iteration]
+    if len(kept) == len(rows):  # nothing to drop: leave the file untouched (a finished run may be read-only)
+        return
     with open(path, "w", newline="") as f:
         csv.writer(f).writerows(kept)
 
@@ -766,8 +769,12 @@ def prepare_run_folder(out, config, start):
         os.replace(tmp, out / "config.json")
     except OSError as e:
         raise CEBMError(f"cannot write the run folder {out} ({reason(e)}); choose another --out-dir") from None
+    trim_logs(out, start if start else -1)
+
+
+def trim_logs(out, iteration):
     for name in ("metrics.csv", "probe.csv"):
-        _trim_metrics(out / name, start if start else -1)
+        _trim_metrics(out / name, iteration)
 
 
 def lr_factor(cfg, iteration):
@@ -799,6 +806,8 @@ def train(cfg, model, step, optimizers, buffer=None):
     start, seconds_before, reached_paper = restore(cfg, ckpt_path, model, optimizers, buffer)
     done_why = stop_reason(cfg, start, seconds_before, reached_paper)
     if done_why:
+        with contextlib.suppress(OSError):  # rows of a longer try that was killed; read-only folders stay as they are
+            trim_logs(out, start)
         print(f"{out} already finished ({start} iterations; {done_why})", file=sys.stderr)
         return
     if start:

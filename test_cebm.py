@@ -323,7 +323,11 @@ def test_time_budget_and_paper_row_stop_a_run_and_a_resume_respects_them(tmp_pat
     cfg = tiny_cfg(tmp_path / "t", "--max-minutes", "1e-9")
     cebm.run_cebm(cfg)
     assert cebm.load_checkpoint(cfg.out_dir)["iteration"] == 1
+    log = Path(cfg.out_dir) / "metrics.csv"
+    with open(log, "a") as f:  # a row of a longer try, killed before its next checkpoint
+        f.write(log.read_text().splitlines()[-1].replace("1,", "7,", 1) + "\n")
     cebm.run_cebm(tiny_cfg(tmp_path / "t", "--max-minutes", "1e-9", "--resume"))
+    assert [r["iteration"] for r in cebm.read_metrics(log)] == [1]  # trimmed back to the checkpoint
     assert "already finished (1 iterations; --max-minutes 1e-09 spent)" in capsys.readouterr().err
     monkeypatch.setitem(cebm.PAPER_TABLE1, "digits", {"cebm-gaussian": (0, 0, 0, 0)})
     cfg = tiny_cfg(tmp_path / "p", "--stop-at-paper", "--probe-every", "2", "--probe-n", "300")
