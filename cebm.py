@@ -735,8 +735,10 @@ def _trim_metrics(path, iteration):
     kept = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= iteration]
     if len(kept) == len(rows):  # nothing to drop: leave the file untouched (a finished run may be read-only)
         return
-    with open(path, "w", newline="") as f:
+    tmp = path.with_name(path.name + ".tmp")  # temp file + rename: a failed write never truncates the log
+    with open(tmp, "w", newline="") as f:
         csv.writer(f).writerows(kept)
+    os.replace(tmp, path)
 
 
 def restore(cfg, ckpt_path, model, optimizers, buffer):

@@ -24,12 +24,18 @@ args = p.parse_args()
 src, dst = Path(args.src), Path(args.dst)
 if dst.exists():
     sys.exit(f"fork.py: {dst} exists")
-ckpt = cebm.load_checkpoint(src / "ckpt.pt")
+try:
+    ckpt = cebm.load_checkpoint(src / "ckpt.pt")
+except cebm.CEBMError as e:
+    sys.exit(f"fork.py: {e}")
 for change in args.changes:
     key, _, value = change.partition("=")
     if key not in ckpt["config"]:
         sys.exit(f"fork.py: no setting '{key}' in the checkpoint's config")
-    ckpt["config"][key] = json.loads(value)
+    try:
+        ckpt["config"][key] = json.loads(value)
+    except json.JSONDecodeError:
+        sys.exit(f"fork.py: '{change}': the value must be JSON, e.g. sgld_steps=20, lr=1e-3, eager=true")
 shutil.copytree(src, dst, ignore=shutil.ignore_patterns("ckpt.pt", "samples"))
 ckpt["config"]["out_dir"] = str(dst)
 (dst / "config.json").write_text(json.dumps(ckpt["config"], indent=2) + "\n")
