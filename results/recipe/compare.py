@@ -2,8 +2,9 @@
 
     python results/recipe/compare.py results/recipe/mnist_*        # -> results/recipe/compare.{png,md}
     python results/recipe/compare.py --out results/recipe/compare_gmm results/recipe/gmm_*
+    python results/recipe/compare.py --x iteration ...   # runs that shared the CPU differently: per iteration
 
-Each argument is a folder holding a probe.csv (a run folder, or its copy under results/recipe/).
+Each argument is a folder holding a probe.csv (a run folder, or its copy under results/recipe/), or a probe CSV.
 """
 import sys
 from pathlib import Path
@@ -18,16 +19,19 @@ import cebm  # noqa: E402
 KEYS = ["acc1", "acc10", "acc100", "auroc_grad_fashionmnist", "auroc_grad_mnist"]
 
 
-def main(folders, out=Path(__file__).parent / "compare"):
-    runs = {Path(f).name: cebm.read_metrics(Path(f) / "probe.csv") for f in folders}
+def main(folders, out=Path(__file__).parent / "compare", x="minutes"):
+    csvs = [Path(f) if Path(f).is_file() else Path(f) / "probe.csv" for f in folders]
+    runs = {(c.parent.name if c.name == "probe.csv" else f"{c.parent.name}/{c.stem}"): cebm.read_metrics(c)
+            for c in csvs}
     keys = [k for k in KEYS if any(k in rows[0] for rows in runs.values())]
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False)
     for ax, key in zip(axes[0], keys):
         for name, rows in runs.items():
             if key in rows[0]:
-                ax.plot([r["seconds"] / 60 for r in rows], [r[key] for r in rows], "o-", ms=2, label=name)
+                xs = [r["seconds"] / 60 if x == "minutes" else r["iteration"] for r in rows]
+                ax.plot(xs, [r[key] for r in rows], "o-", ms=2, label=name)
         ax.set_title(key)
-        ax.set_xlabel("training minutes")
+        ax.set_xlabel("training minutes" if x == "minutes" else "iteration")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=6)
     fig.tight_layout()
@@ -47,5 +51,6 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("folders", nargs="+")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "compare", help="path without suffix")
+    p.add_argument("--x", choices=["minutes", "iteration"], default="minutes", help="the curves' x axis")
     args = p.parse_args()
-    main(args.folders, args.out)
+    main(args.folders, args.out, args.x)

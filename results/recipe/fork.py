@@ -3,7 +3,7 @@ help a model that has already plateaued? The fork continues the original's model
 RNG state, clock and logs exactly; only the named settings differ from there on. `cebm.py --resume` refuses
 such changes on purpose (a resumed run is the same experiment), so the study forks instead.
 
-    python results/recipe/fork.py runs/long/cebm-gaussian_mnist runs/recipe/mnist_fork_s20 sgld_steps=20
+    python results/recipe/fork.py runs/long/cebm-gaussian_mnist_v2 runs/recipe/mnist_fork_s20 sgld_steps=20
     python cebm.py --dataset mnist --data-dir ../shared/data --preset cpu-long --sgld-steps 20 \\
         --out-dir runs/recipe/mnist_fork_s20 --resume --max-minutes 40
 """
