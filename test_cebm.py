@@ -875,12 +875,15 @@ def test_help_shows_every_default_and_each_presets_value(parser):
     assert "--benchmark" not in text or parser is cebm.cebm_parser
 
 
-def test_each_preset_sets_its_sgld_noise_and_a_flag_overrides_it():
-    def noise(*argv):
-        return cebm.parse_args(cebm.cebm_parser(), ["--dataset", "digits", *argv]).sgld_noise
-    assert noise() == noise("--preset", "paper") == noise("--preset", "cpu") == 0.0075  # the official code's
-    assert noise("--preset", "cpu-long") == 0.015  # the recipe study's (results/recipe)
-    assert noise("--preset", "cpu-long", "--sgld-noise", "0.0075") == 0.0075
+def test_each_preset_sets_its_sgld_noise_and_warmup_and_a_flag_overrides_them():
+    def cfg(*argv):
+        return cebm.parse_args(cebm.cebm_parser(), ["--dataset", "digits", *argv])
+    for preset in ((), ("--preset", "paper"), ("--preset", "cpu")):  # the official code's noise, no warm-up
+        assert (cfg(*preset).sgld_noise, cfg(*preset).warmup) == (0.0075, 0)
+    long = cfg("--preset", "cpu-long")  # the recipe study's (results/recipe)
+    assert (long.sgld_noise, long.warmup) == (0.015, 500)
+    older = cfg("--preset", "cpu-long", "--sgld-noise", "0.0075", "--warmup", "0")  # resumes the older runs
+    assert (older.sgld_noise, older.warmup) == (0.0075, 0)
 
 
 def test_exported_weights_load_sample_and_evaluate_like_the_run(tmp_path, capsys):
