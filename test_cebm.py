@@ -875,15 +875,17 @@ def test_help_shows_every_default_and_each_presets_value(parser):
     assert "--benchmark" not in text or parser is cebm.cebm_parser
 
 
-def test_each_preset_sets_its_sgld_noise_and_warmup_and_a_flag_overrides_them():
+def test_each_preset_sets_its_sgld_noise_warmup_and_reinit_and_a_flag_overrides_them():
     def cfg(*argv):
-        return cebm.parse_args(cebm.cebm_parser(), ["--dataset", "digits", *argv])
-    for preset in ((), ("--preset", "paper"), ("--preset", "cpu")):  # the official code's noise, no warm-up
-        assert (cfg(*preset).sgld_noise, cfg(*preset).warmup) == (0.0075, 0)
-    long = cfg("--preset", "cpu-long")  # the recipe study's (results/recipe)
-    assert (long.sgld_noise, long.warmup) == (0.015, 500)
-    older = cfg("--preset", "cpu-long", "--sgld-noise", "0.0075", "--warmup", "0")  # resumes the older runs
-    assert (older.sgld_noise, older.warmup) == (0.0075, 0)
+        c = cebm.parse_args(cebm.cebm_parser(), ["--dataset", "digits", *argv])
+        return c.sgld_noise, c.warmup, c.reinit
+    for preset in ((), ("--preset", "paper"), ("--preset", "cpu")):  # the official code's: no warm-up, 5 % restarts
+        assert cfg(*preset) == (0.0075, 0, 0.05)
+    assert cfg("--preset", "cpu-long") == (0.015, 500, 0.01)  # the recipe study's (results/recipe)
+    # the flags that resume the older runs of results/long
+    assert cfg("--preset", "cpu-long", "--sgld-noise", "0.0075", "--warmup", "0", "--reinit", "0.05") == (0.0075, 0, 0.05)
+    ig = baseline_cfg(Path("unused"), "igebm", "--preset", "cpu-long")  # the baselines share the budget flags
+    assert (ig.sgld_noise, ig.warmup, ig.reinit) == (0.015, 500, 0.01)
 
 
 def test_exported_weights_load_sample_and_evaluate_like_the_run(tmp_path, capsys):
