@@ -37,6 +37,8 @@ if __name__ == "__main__":
     lines = ["| run | measure | paper | ours (last probe) | first reached |", "|---|---|---|---|---|"]
     notes = []
     for f in sys.argv[1:]:
+        if not (Path(f) / "probe.csv").exists():  # e.g. results/long/eval/, matched by results/long/*/
+            continue
         rows, note = rows_for(f)
         lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
         notes.append(note)
