@@ -883,7 +883,8 @@ def test_each_preset_sets_its_sgld_noise_warmup_and_reinit_and_a_flag_overrides_
         assert cfg(*preset) == (0.0075, 0, 0.05)
     assert cfg("--preset", "cpu-long") == (0.015, 500, 0.01)  # the recipe study's (results/recipe)
     # the flags that resume the older runs of results/long
-    assert cfg("--preset", "cpu-long", "--sgld-noise", "0.0075", "--warmup", "0", "--reinit", "0.05") == (0.0075, 0, 0.05)
+    older = ("--sgld-noise", "0.0075", "--warmup", "0", "--reinit", "0.05")
+    assert cfg("--preset", "cpu-long", *older) == (0.0075, 0, 0.05)
     ig = baseline_cfg(Path("unused"), "igebm", "--preset", "cpu-long")  # the baselines share the budget flags
     assert (ig.sgld_noise, ig.warmup, ig.reinit) == (0.015, 500, 0.01)
 
