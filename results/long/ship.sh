@@ -4,8 +4,9 @@
 # grid of each energy model's final weights; then evaluate.py on each run's best.pt (the model the probe chose on
 # held-out *training* images; no test image chose it): full test sets for few-shot and 1-NN, 2,000 images per
 # OOD set (the VAE's importance-sampled scores cost ~0.1 s per image here). Few-shot at 1, 10 and 100 labels per
-# class: the 'full' column (liblinear one-vs-rest on all 60,000 training images) had not finished its first fit,
-# the raw pixels, after 10 CPU minutes here.
+# class in the report; the 'full' column (liblinear one-vs-rest on all 60,000 training images) had not finished
+# its first fit, the raw pixels, after 10 CPU minutes here, so full_column.py fits it on the models' latents only
+# (under a minute each) into eval/full_<dataset>.md.
 #   bash results/long/ship.sh [DATA_DIR [DATASET]]     (default: ../shared/data, both; one report per dataset)
 #   SKIP_COPY=1 bash results/long/ship.sh ...           (only the evaluation, of what is already copied)
 set -euo pipefail
@@ -27,4 +28,5 @@ for ds in $datasets; do
 done
 python evaluate.py results/long/*_$ds/best.pt --data-dir "$data" --out-dir results/long/eval/$ds --no-progress \
   --shots 1,10,100 --ood-n 2000 --ood-k 16 --command "bash results/long/ship.sh $data $ds"
+python results/long/full_column.py results/long/*_$ds/best.pt --data-dir "$data" --out results/long/eval/full_$ds.md
 done
