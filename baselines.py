@@ -281,7 +281,7 @@ def load_model(path, device="cpu"):
     """(model in eval mode, config) from a run folder or ckpt.pt written by baselines.py."""
     ckpt = cebm.load_checkpoint(path)
     model = build_model(ckpt["config"])
-    cebm.load_weights(model, ckpt, path)
+    cebm.load_weights(model, cebm.delivered_weights(ckpt), path)
     return model.to(device).eval(), ckpt["config"]
 
 

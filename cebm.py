@@ -20,14 +20,17 @@ Read top to bottom: config/CLI -> data -> encoder -> conjugate biases -> SGLD sa
 """
 import argparse
 import contextlib
+import copy
 import csv
 import ctypes
 import errno
+import hashlib
 import json
 import math
 import os
 import shutil
 import sys
+import tempfile
 import time
 import urllib.error
 import warnings
@@ -57,12 +60,12 @@ class Diverged(CEBMError):
 # explicitly overrides its preset value.
 PRESETS = {
     "paper": dict(iters=90_000, batch_size=128, sgld_steps=60, lr=1e-4, lr_half_life=0, buffer_size=5000,
-                  sgld_noise=0.0075, warmup=0, reinit=0.05, log_every=100, ckpt_every=1000, sample_every=1000,
+                  sgld_noise=0.0075, warmup=0, reinit=0.05, ema=0, log_every=100, ckpt_every=1000, sample_every=1000,
                   probe_every=1000, max_minutes=0, stop_at_paper=False),
     # The recipe study (results/recipe/README.md): 10 SGLD steps at lr 1e-3 learn more per iteration than
     # 20 steps at 5e-4 (the preset before it) on MNIST, Fashion-MNIST and the GMM bias, at half the cost.
     "cpu": dict(iters=600, batch_size=64, sgld_steps=10, lr=1e-3, lr_half_life=0, buffer_size=5000,
-                sgld_noise=0.0075, warmup=0, reinit=0.05, log_every=10, ckpt_every=50, sample_every=100,
+                sgld_noise=0.0075, warmup=0, reinit=0.05, ema=0, log_every=10, ckpt_every=50, sample_every=100,
                 probe_every=200, max_minutes=0, stop_at_paper=False),
     # The fastest recipe of the probe study (results/recipe/README.md): 10 SGLD steps and lr 1e-3, halved
     # every 2k iterations (with 10k, the first long run peaked at 3k iterations and then degraded while
@@ -73,7 +76,7 @@ PRESETS = {
     # MNIST test set by 2.4-6.0 / 1.0-3.5 / 0.4-1.3 points over three seeds. Runs until the probe reaches the paper's
     # Table 1 row or 3 hours.
     "cpu-long": dict(iters=60_000, batch_size=64, sgld_steps=10, lr=1e-3, lr_half_life=2_000, buffer_size=5000,
-                     sgld_noise=0.015, warmup=500, reinit=0.01,
+                     sgld_noise=0.015, warmup=500, reinit=0.01, ema=0,
                      log_every=50, ckpt_every=250, sample_every=1000,
                      probe_every=500, max_minutes=180, stop_at_paper=True),
 }
@@ -131,6 +134,10 @@ def build_parser(description=__doc__, benchmark=True):
     g.add_argument("--lr-half-life", type=int,
                    help="halve the learning rate every this many iterations, smoothly; 0 = constant")
     g.add_argument("--seed", type=int, default=0, help="seed for torch's RNGs")
+    g.add_argument("--ema", type=float,
+                   help="decay of an exponential moving average of the weights, updated after every step and "
+                        "never fed back into training; the probe, best.pt, --export, --sample and evaluate.py "
+                        "use the average. 0 = off (the paper)")
     g = p.add_argument_group("PCD / SGLD (Appendix D, E)")
     g.add_argument("--sgld-steps", type=int, help="SGLD steps per iteration")
     g.add_argument("--sgld-step-size", type=float, default=1.0,
@@ -241,6 +248,8 @@ def parse_args(parser, argv=None, model_name=None):
     for name in ("sgld_step_size", "sgld_noise", "data_noise", "energy_reg", "max_minutes"):
         if not (math.isfinite(getattr(cfg, name)) and getattr(cfg, name) >= 0):
             parser.error(f"--{name.replace('_', '-')} must be a number >= 0, not {getattr(cfg, name)}")
+    if not 0 <= cfg.ema < 1:
+        parser.error(f"--ema is a decay between 0 (off) and 1 (exclusive), not {cfg.ema}")
     if not 0 <= cfg.reinit <= 1:
         parser.error(f"--reinit is a fraction between 0 and 1, not {cfg.reinit}")
     if cfg.buffer_size < cfg.batch_size:
@@ -286,7 +295,8 @@ def load_dataset(name, data_dir, train=True):
         return _load_digits(train)
     import torchvision.datasets as tvd
     try:
-        return _load_torchvision(tvd, name, data_dir, train)
+        with data_lock(data_dir):
+            return _load_torchvision(tvd, name, data_dir, train)
     except OSError as e:  # URLError included
         if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             return _load_from_local_copy(name, data_dir, train)
@@ -295,6 +305,23 @@ def load_dataset(name, data_dir, train=True):
         error = e
     raise CEBMError(f"{name}: data not found in '{data_dir}' and could not be downloaded ({reason(error)}). "
                     f"Put {DATASETS[name][2]} under '{data_dir}', or run once with internet access.")
+
+
+@contextlib.contextmanager
+def data_lock(data_dir):
+    """One process at a time finds, downloads or extracts the files of a data folder: runs started side by
+    side (run_all.sh's cells, a run and its probe's OOD set in another) would otherwise read a file that
+    another process is still writing. A lock file per folder and user in the temp folder (POSIX only)."""
+    try:
+        import fcntl
+        key = hashlib.sha1(str(Path(data_dir).resolve()).encode()).hexdigest()[:12]
+        f = open(Path(tempfile.gettempdir()) / f"cebm-data-{os.getuid()}-{key}.lock", "a")  # noqa: SIM115
+    except (ImportError, OSError):  # no fcntl (Windows) or no writable temp folder: go on unlocked
+        yield
+        return
+    with f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed
+        yield
 
 
 def _load_from_local_copy(name, data_dir, train):
@@ -306,10 +333,11 @@ def _load_from_local_copy(name, data_dir, train):
     if sub is None:
         raise CEBMError(f"{name}: {data_dir} is read-only; copy it to a writable folder")
     print(f"note: {data_dir} is read-only; copying {sub}/raw to {local}/{sub}/raw", file=sys.stderr)
-    shutil.copytree(Path(data_dir) / sub / "raw", local / sub / "raw", dirs_exist_ok=True)
-    os.chmod(local / sub / "raw", 0o755)
-    for f in (local / sub / "raw").iterdir():
-        os.chmod(f, 0o644)
+    with data_lock(local):
+        shutil.copytree(Path(data_dir) / sub / "raw", local / sub / "raw", dirs_exist_ok=True)
+        os.chmod(local / sub / "raw", 0o755)
+        for f in (local / sub / "raw").iterdir():
+            os.chmod(f, 0o644)
     return load_dataset(name, local, train)
 
 
@@ -627,6 +655,23 @@ def pcd_step(cfg, model, optimizer, buffer, sampler):
     return step
 
 
+class WeightAverage:
+    """--ema: θ_avg <- d·θ_avg + (1 - d)·θ after every optimizer step (Polyak averaging). It reads the
+    model and never writes to it, so training follows the same trajectory with or without it; it only
+    smooths the step-to-step noise of the weights that the probe, best.pt and the exported weights see."""
+
+    def __init__(self, model, decay):
+        self.decay = decay
+        self.model = copy.deepcopy(model).requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model):
+        for avg, now in zip(self.model.parameters(), model.parameters()):
+            avg.lerp_(now, 1 - self.decay)
+        for avg, now in zip(self.model.buffers(), model.buffers()):  # BatchNorm statistics, priors: copied
+            avg.copy_(now)
+
+
 def config_dict(cfg):
     return {k: v for k, v in vars(cfg).items() if not k.startswith("_")}
 
@@ -651,11 +696,11 @@ def atomic_save(obj, path):
     os.replace(tmp, path)
 
 
-def save_checkpoint(path, model, optimizers, buffer, iteration, seconds, config, reached_paper=None):
+def save_checkpoint(path, model, optimizers, buffer, iteration, seconds, config, reached_paper=None, ema=None):
     """Everything a run needs to continue exactly, written atomically."""
     atomic_save({
         "config": config, "iteration": iteration, "seconds": seconds, "reached_paper": reached_paper,
-        "model": model.state_dict(),
+        "model": model.state_dict(), "ema": None if ema is None else ema.model.state_dict(),
         "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
         "buffer": None if buffer is None else buffer.images,
         "rng": rng_state(),
@@ -686,17 +731,22 @@ def weights_only(config, iteration, seconds, state_dict):
             "model": {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}}
 
 
+def delivered_weights(ckpt):
+    """The weights a run delivers: the --ema average when the run kept one, else the trained weights."""
+    return ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"]
+
+
 def export_weights(run, dest):
     """--export: the weights of a run folder's checkpoint (or of a best.pt/weights.pt file) as a weights file."""
     ckpt = load_checkpoint(run)
-    atomic_save(weights_only(ckpt["config"], ckpt["iteration"], ckpt["seconds"], ckpt["model"]), dest)
+    atomic_save(weights_only(ckpt["config"], ckpt["iteration"], ckpt["seconds"], delivered_weights(ckpt)), dest)
     print(f"wrote {dest} ({Path(dest).stat().st_size / 2 ** 20:.2f} MB, iteration {ckpt['iteration']})")
 
 
-def load_weights(model, ckpt, path):
+def load_weights(model, state, path):
     """load_state_dict with one line instead of a key list when the code's model has changed."""
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(state)
     except RuntimeError:
         raise CEBMError(f"checkpoint {path} does not fit this code's {type(model).__name__} (written by an "
                         f"older version?); retrain it into a fresh --out-dir") from None
@@ -706,7 +756,7 @@ def load_model(path, device="cpu"):
     """(model in eval mode, config) from a run folder or a ckpt.pt of cebm.py."""
     ckpt = load_checkpoint(path)
     model = build_model(ckpt["config"])
-    load_weights(model, ckpt, path)
+    load_weights(model, delivered_weights(ckpt), path)
     return model.to(device).eval(), ckpt["config"]
 
 
@@ -746,8 +796,8 @@ def _trim_metrics(path, iteration):
     os.replace(tmp, path)
 
 
-def restore(cfg, ckpt_path, model, optimizers, buffer):
-    """Load a run's checkpoint into model, optimizers and buffer, and the RNG state, for --resume.
+def restore(cfg, ckpt_path, model, optimizers, buffer, ema=None):
+    """Load a run's checkpoint into model, optimizers, buffer and weight average, and the RNG state, for --resume.
     Returns (iteration, training seconds, iteration the paper's row was reached or None)."""
     if not ckpt_path.exists():
         if cfg.resume:
@@ -757,7 +807,9 @@ def restore(cfg, ckpt_path, model, optimizers, buffer):
         raise CEBMError(f"{ckpt_path} exists; pass --resume to continue it or choose another --out-dir")
     ckpt = load_checkpoint(ckpt_path)
     check_resumable(ckpt["config"], cfg)
-    load_weights(model, ckpt, ckpt_path)
+    load_weights(model, ckpt["model"], ckpt_path)
+    if ema is not None:
+        load_weights(ema.model, ckpt["ema"], ckpt_path)
     for name, opt in optimizers.items():
         opt.load_state_dict(ckpt["optimizers"][name])
     if buffer is not None:
@@ -810,7 +862,9 @@ def train(cfg, model, step, optimizers, buffer=None):
     ckpt_path, log_path = out / "ckpt.pt", out / "metrics.csv"
     images, labels = load_dataset(cfg.dataset, cfg.data_dir, train=True)  # before anything is written
     images = images.to(device)
-    start, seconds_before, reached_paper = restore(cfg, ckpt_path, model, optimizers, buffer)
+    ema = WeightAverage(model, cfg.ema) if cfg.ema else None
+    start, seconds_before, reached_paper = restore(cfg, ckpt_path, model, optimizers, buffer, ema)
+    delivered = ema.model if ema else model  # what the probe measures and best.pt holds
     done_why = stop_reason(cfg, start, seconds_before, reached_paper)
     if done_why:
         with contextlib.suppress(OSError):  # rows of a longer try that was killed; read-only folders stay as they are
@@ -828,13 +882,13 @@ def train(cfg, model, step, optimizers, buffer=None):
         return seconds_before + time.time() - t0 - probe_time
 
     def save(done):
-        save_checkpoint(ckpt_path, model, optimizers, buffer, done, elapsed(), config, reached_paper)
+        save_checkpoint(ckpt_path, model, optimizers, buffer, done, elapsed(), config, reached_paper, ema)
 
     def measure(done):
         nonlocal probe_time, reached_paper
-        row = probe(model, done, elapsed())
+        row = probe(delivered, done, elapsed())
         if probe.is_best(row):  # the probe's best model so far, weights only (chosen on training images)
-            atomic_save(weights_only(config, done, elapsed(), model.state_dict()), out / "best.pt")
+            atomic_save(weights_only(config, done, elapsed(), delivered.state_dict()), out / "best.pt")
         probe_time += row["probe_seconds"]
         if reached_paper is None and probe.reached_paper(row):
             reached_paper = done
@@ -851,6 +905,8 @@ def train(cfg, model, step, optimizers, buffer=None):
             if cfg.warmup or cfg.lr_half_life:
                 set_lr(cfg, optimizers, it)
             metrics, shown = step(x)
+            if ema:
+                ema.update(model)
             log.add(metrics)
             done = it + 1
             bar.update(1)

@@ -78,7 +78,7 @@ def load_run(path, device):
     cfg = ckpt["config"]
     build = cebm.build_model if cfg["model"].startswith("cebm") else baselines.build_model
     model = build(cfg)
-    cebm.load_weights(model, ckpt, path)
+    cebm.load_weights(model, cebm.delivered_weights(ckpt), path)
     return model.to(device).eval(), cfg, {"iteration": ckpt["iteration"], "seconds": ckpt["seconds"]}
 
 

@@ -292,6 +292,38 @@ def test_probe_leaves_the_trajectory_unchanged_and_resumes_exactly(tmp_path):
     assert cebm.load_checkpoint(Path(cut.out_dir) / "best.pt")["iteration"] == best["iteration"]
 
 
+def test_weight_average_leaves_the_trajectory_unchanged_resumes_exactly_and_is_what_a_run_delivers(tmp_path,
+                                                                                                     monkeypatch):
+    lin = torch.nn.Linear(2, 1)
+    avg = cebm.WeightAverage(lin, 0.9)
+    old = lin.weight.detach().clone()
+    with torch.no_grad():
+        lin.weight.add_(1.0)
+    avg.update(lin)
+    assert torch.allclose(avg.model.weight, 0.9 * old + 0.1 * lin.weight) and not avg.model.weight.requires_grad
+    plain = tiny_cfg(tmp_path / "plain")
+    cebm.run_cebm(plain)
+    flags = ("--ema", "0.5", "--probe-every", "3", "--probe-n", "300")
+    whole = tiny_cfg(tmp_path / "whole", *flags)
+    with monkeypatch.context() as m:
+        m.setattr(cebm.Probe, "is_best", lambda self, row: True)  # best.pt: the last probed model
+        cebm.run_cebm(whole)
+    cebm.run_cebm(tiny_cfg(tmp_path / "cut", *flags, "--iters", "3"))  # "killed" after its iteration-3 checkpoint
+    cebm.run_cebm(tiny_cfg(tmp_path / "cut", *flags, "--resume"))
+    a, b, c = (cebm.load_checkpoint(tmp_path / name / "run") for name in ("plain", "whole", "cut"))
+    assert a["ema"] is None
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k  # the average never feeds back into training
+        assert torch.equal(b["ema"][k], c["ema"][k]), k  # and resumes exactly
+    assert any(not torch.equal(b["ema"][k], b["model"][k]) for k in b["model"])
+    model, _ = cebm.load_model(tmp_path / "whole" / "run")  # evaluate.py, --sample and --export get the average
+    assert all(torch.equal(v, b["ema"][k]) for k, v in model.state_dict().items())
+    best = cebm.load_checkpoint(tmp_path / "whole" / "run" / "best.pt")["model"]  # the probe measured the average
+    assert all(torch.equal(v, b["ema"][k]) for k, v in best.items())
+    with pytest.raises(cebm.CEBMError, match="ema"):  # a run without an average cannot resume with one
+        cebm.run_cebm(tiny_cfg(tmp_path / "plain", "--ema", "0.5", "--resume"))
+
+
 @pytest.mark.parametrize("model", ["vae", "bigan"])  # the IGEBM trains through the CEBM loop, tested above
 def test_probe_leaves_baseline_training_unchanged(tmp_path, model):
     runs = []
@@ -427,6 +459,29 @@ def test_load_mnist_family_from_idx_gz(tmp_path, ignore_md5, name, folder):
     assert torch.equal(x[:, 0], torch.from_numpy(images)) and torch.equal(y, torch.from_numpy(labels).long())
     xt, _ = cebm.load_dataset(name, tmp_path, train=False)
     assert xt.shape == (7, 1, 28, 28)
+
+
+def test_parallel_runs_take_turns_at_extracting_a_data_folder(tmp_path, ignore_md5, monkeypatch):
+    """While one process extracts the .gz files another must not read them half-written (two runs started
+    side by side once crashed that way): the extraction holds a per-folder lock that a second opener waits on."""
+    fcntl = pytest.importorskip("fcntl")
+    write_idx_gz(tmp_path / "MNIST" / "raw", 5, seed=3)
+    locks = sorted(Path(cebm.tempfile.gettempdir()).glob(f"cebm-data-{os.getuid()}-*.lock"))
+    real, seen = cebm._load_torchvision, []
+
+    def load_and_look(*args):
+        for path in sorted(Path(cebm.tempfile.gettempdir()).glob(f"cebm-data-{os.getuid()}-*.lock")):
+            if path not in locks:  # this folder's lock: another opener cannot take it now
+                with open(path) as f, pytest.raises(BlockingIOError):
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                seen.append(path)
+        return real(*args)
+    monkeypatch.setattr(cebm, "_load_torchvision", load_and_look)
+    x, _ = cebm.load_dataset("mnist", tmp_path)
+    assert x.shape == (5, 1, 28, 28) and len(seen) == 1
+    with open(seen[0]) as f:  # and it is free again afterwards
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    seen[0].unlink()
 
 
 def test_load_cifar10_from_python_pickles(tmp_path, ignore_md5):
