@@ -296,11 +296,12 @@ def test_weight_average_leaves_the_trajectory_unchanged_resumes_exactly_and_is_w
                                                                                                      monkeypatch):
     lin = torch.nn.Linear(2, 1)
     avg = cebm.WeightAverage(lin, 0.9)
+    assert [avg.decay_at(t) for t in (0, 8, 80, 1000)] == [0.1, 0.5, 0.9, 0.9]  # (1 + t) / (10 + t), capped
     old = lin.weight.detach().clone()
     with torch.no_grad():
         lin.weight.add_(1.0)
-    avg.update(lin)
-    assert torch.allclose(avg.model.weight, 0.9 * old + 0.1 * lin.weight) and not avg.model.weight.requires_grad
+    avg.update(lin, 8)
+    assert torch.allclose(avg.model.weight, 0.5 * old + 0.5 * lin.weight) and not avg.model.weight.requires_grad
     plain = tiny_cfg(tmp_path / "plain")
     cebm.run_cebm(plain)
     flags = ("--ema", "0.5", "--probe-every", "3", "--probe-n", "300")
