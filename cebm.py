@@ -665,8 +665,8 @@ class WeightAverage:
         self.model = copy.deepcopy(model).requires_grad_(False)
 
     def decay_at(self, iteration):
-        """d grows as (1 + t) / (10 + t) up to --ema, so the average spans about the last tenth of the run
-        until then: a fixed 0.999 would still give the random initial weights 22 % after 1,500 steps."""
+        """d grows as (1 + t) / (10 + t) up to --ema, so the average spans about the last t / 9 steps until
+        then: a fixed 0.999 would still give the random initial weights 22 % after 1,500 steps."""
         return min(self.decay, (1 + iteration) / (10 + iteration))
 
     @torch.no_grad()
