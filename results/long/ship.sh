@@ -9,6 +9,7 @@
 # (under a minute each) into eval/full_<dataset>.md.
 #   bash results/long/ship.sh [DATA_DIR [DATASET]]     (default: ../shared/data, both; one report per dataset)
 #   SKIP_COPY=1 bash results/long/ship.sh ...           (only the evaluation, of what is already copied)
+#   SKIP_EVAL=1 bash results/long/ship.sh ...           (only the copy: a continued run whose best.pt is unchanged)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 data=${1:-../shared/data}
@@ -26,6 +27,7 @@ for ds in $datasets; do
     igebm_*) python baselines.py --model igebm --sample --out-dir "$dest" ;;
   esac
 done
+[ "${SKIP_EVAL:-0}" = 1 ] && continue
 python evaluate.py results/long/*_$ds/best.pt --data-dir "$data" --out-dir results/long/eval/$ds --no-progress \
   --shots 1,10,100 --ood-n 2000 --ood-k 16 --command "bash results/long/ship.sh $data $ds"
 python results/long/full_column.py results/long/*_$ds/best.pt --data-dir "$data" --out results/long/eval/full_$ds.md
