@@ -307,6 +307,11 @@ def load_dataset(name, data_dir, train=True):
                     f"Put {DATASETS[name][2]} under '{data_dir}', or run once with internet access.")
 
 
+def data_lock_path(data_dir):
+    key = hashlib.sha1(str(Path(data_dir).resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"cebm-data-{os.getuid()}-{key}.lock"
+
+
 @contextlib.contextmanager
 def data_lock(data_dir):
     """One process at a time finds, downloads or extracts the files of a data folder: runs started side by
@@ -314,8 +319,7 @@ def data_lock(data_dir):
     another process is still writing. A lock file per folder and user in the temp folder (POSIX only)."""
     try:
         import fcntl
-        key = hashlib.sha1(str(Path(data_dir).resolve()).encode()).hexdigest()[:12]
-        f = open(Path(tempfile.gettempdir()) / f"cebm-data-{os.getuid()}-{key}.lock", "a")  # noqa: SIM115
+        f = open(data_lock_path(data_dir), "a")  # noqa: SIM115
     except (ImportError, OSError):  # no fcntl (Windows) or no writable temp folder: go on unlocked
         yield
         return

@@ -467,15 +467,13 @@ def test_parallel_runs_take_turns_at_extracting_a_data_folder(tmp_path, ignore_m
     side by side once crashed that way): the extraction holds a per-folder lock that a second opener waits on."""
     fcntl = pytest.importorskip("fcntl")
     write_idx_gz(tmp_path / "MNIST" / "raw", 5, seed=3)
-    locks = sorted(Path(cebm.tempfile.gettempdir()).glob(f"cebm-data-{os.getuid()}-*.lock"))
+    path = cebm.data_lock_path(tmp_path)
     real, seen = cebm._load_torchvision, []
 
     def load_and_look(*args):
-        for path in sorted(Path(cebm.tempfile.gettempdir()).glob(f"cebm-data-{os.getuid()}-*.lock")):
-            if path not in locks:  # this folder's lock: another opener cannot take it now
-                with open(path) as f, pytest.raises(BlockingIOError):
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                seen.append(path)
+        with open(path) as f, pytest.raises(BlockingIOError):  # another opener cannot take it now
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        seen.append(path)
         return real(*args)
     monkeypatch.setattr(cebm, "_load_torchvision", load_and_look)
     x, _ = cebm.load_dataset("mnist", tmp_path)
