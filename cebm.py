@@ -88,6 +88,9 @@ RESUMABLE_CHANGES = {"iters", "device", "resume", "out_dir", "data_dir", "log_ev
                      "max_minutes", "stop_at_paper",
                      "probe_every", "probe_n"}
 
+# Settings added after runs were saved without them, with the value those runs had.
+OLDER_DEFAULTS = {"arch": "paper"}
+
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """--help keeps the module docstring's layout and shows every flag's default (unless its help
@@ -220,6 +223,9 @@ def cebm_parser():
     g.add_argument("--act", default="silu", choices=["silu", "leakyrelu"],
                    help="encoder activation: silu (official code, smooth dE/dx for SGLD) or leakyrelu "
                         "(paper's Table 2)")
+    g.add_argument("--arch", default="paper", choices=["paper", "code"],
+                   help="encoder widths: paper (Table 2: convs 64-64-32-32, FC 128 on 28x28) or code (the "
+                        "official code's: 32-32-64-64, FC 256; 64-128-256-512, FC 1024 on 32x32)")
     return p
 
 
@@ -398,16 +404,22 @@ def activation(name):
     return nn.SiLU() if name == "silu" else nn.LeakyReLU(0.2)
 
 
-class Encoder(nn.Module):
-    """3x3 conv (stride 1), three 4x4 stride-2 convs, FC 128, FC out_dim (Table 2).
+# Conv widths and hidden FC size per (--arch, image size). "paper" is Table 2; "code" is what the official
+# code trains (camera-ready train_ebm.py and its scripts), the networks behind the paper's numbers.
+ENCODER_SIZES = {("paper", 28): ((64, 64, 32, 32), 128), ("paper", 32): ((64, 128, 256, 512), 128),
+                 ("code", 28): ((32, 32, 64, 64), 256), ("code", 32): ((64, 128, 256, 512), 1024)}
 
-    28x28x1 inputs use widths 64-64-32-32 and reach a 3x3 map; 32x32x3 inputs use 64-128-256-512
-    and reach a 4x4 map.
+
+class Encoder(nn.Module):
+    """3x3 conv (stride 1), three 4x4 stride-2 convs, FC hidden, FC out_dim (Table 2).
+
+    With arch="paper", 28x28x1 inputs use widths 64-64-32-32 and reach a 3x3 map; 32x32x3 inputs use
+    64-128-256-512 and reach a 4x4 map; the hidden FC has 128 units (ENCODER_SIZES has "code").
     """
 
-    def __init__(self, channels, image_size, out_dim, act="silu", hidden_act=None):
+    def __init__(self, channels, image_size, out_dim, act="silu", hidden_act=None, arch="paper"):
         super().__init__()
-        w = (64, 64, 32, 32) if image_size == 28 else (64, 128, 256, 512)
+        w, hidden = ENCODER_SIZES[(arch, 28 if image_size == 28 else 32)]
         side = image_size // 8  # 28 -> 14 -> 7 -> 3, 32 -> 16 -> 8 -> 4
         self.conv = nn.Sequential(
             nn.Conv2d(channels, w[0], 3, stride=1, padding=1), activation(act),
@@ -416,8 +428,8 @@ class Encoder(nn.Module):
             nn.Conv2d(w[2], w[3], 4, stride=2, padding=1), activation(act),
             nn.Flatten(),
         )
-        self.hidden = nn.Sequential(nn.Linear(w[3] * side * side, 128), hidden_act or activation(act))
-        self.out = nn.Linear(128, out_dim)
+        self.hidden = nn.Sequential(nn.Linear(w[3] * side * side, hidden), hidden_act or activation(act))
+        self.out = nn.Linear(hidden, out_dim)
 
     def forward(self, x):
         return self.out(self.hidden(self.conv(x)))
@@ -447,10 +459,10 @@ def mean_std_to_natural(mean, std):
 class CEBM(nn.Module):
     """Shared part of both biases: the encoder's neural sufficient statistics t_θ(x) (Eq. 5)."""
 
-    def __init__(self, channels, image_size, latent_dim=128, act="silu"):
+    def __init__(self, channels, image_size, latent_dim=128, act="silu", arch="paper"):
         super().__init__()
         self.latent_dim = latent_dim
-        self.encoder = Encoder(channels, image_size, 2 * latent_dim, act)
+        self.encoder = Encoder(channels, image_size, 2 * latent_dim, act, arch=arch)
         # Start t2 = -softplus(-5) ≈ -0.007, so E(x) ≈ 0 at initialisation, where the energy L2
         # penalty is smallest; from softplus(0) = 0.69 a CPU-sized run spends its budget shrinking it.
         with torch.no_grad():
@@ -466,8 +478,8 @@ class CEBM(nn.Module):
 class GaussianCEBM(CEBM):
     """CEBM with a spherical Gaussian bias, λ = (0, -½) per dimension (Appendix A.1)."""
 
-    def __init__(self, channels, image_size, latent_dim=128, act="silu"):
-        super().__init__(channels, image_size, latent_dim, act)
+    def __init__(self, channels, image_size, latent_dim=128, act="silu", arch="paper"):
+        super().__init__(channels, image_size, latent_dim, act, arch)
         nat1, nat2 = mean_std_to_natural(torch.zeros(latent_dim), torch.ones(latent_dim))  # Eq. 10
         self.register_buffer("prior_nat1", nat1)
         self.register_buffer("prior_nat2", nat2)
@@ -506,8 +518,9 @@ class GMMCEBM(CEBM):
     notation would allow one per component.
     """
 
-    def __init__(self, channels, image_size, latent_dim=128, components=50, act="silu", latent_mode="mean"):
-        super().__init__(channels, image_size, latent_dim, act)
+    def __init__(self, channels, image_size, latent_dim=128, components=50, act="silu", latent_mode="mean",
+                 arch="paper"):
+        super().__init__(channels, image_size, latent_dim, act, arch)
         self.latent_mode = latent_mode
         # The official code's initialisation: means near 0, standard deviations in [1, 6].
         self.means = nn.Parameter(0.31 * torch.randn(components, latent_dim))
@@ -564,9 +577,10 @@ def build_model(cfg):
     """The CEBM a config describes (cfg: argparse.Namespace or the dict saved in a checkpoint)."""
     c = vars(cfg) if isinstance(cfg, argparse.Namespace) else cfg
     channels, size, _ = DATASETS[c["dataset"]]
+    arch = c.get("arch", OLDER_DEFAULTS["arch"])
     if c["bias"] == "gmm":
-        return GMMCEBM(channels, size, c["latent_dim"], c["components"], c["act"], c["gmm_latent"])
-    return GaussianCEBM(channels, size, c["latent_dim"], c["act"])
+        return GMMCEBM(channels, size, c["latent_dim"], c["components"], c["act"], c["gmm_latent"], arch)
+    return GaussianCEBM(channels, size, c["latent_dim"], c["act"], arch)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -773,11 +787,14 @@ def load_model(path, device="cpu"):
 def check_resumable(saved, cfg):
     """A resumed run must be the same experiment; only budget and bookkeeping flags may change."""
     now = config_dict(cfg)
+
+    def setting(config, key):
+        return config.get(key, OLDER_DEFAULTS.get(key))
     # A flag newer than the checkpoint (absent from it) is no change while it is off (0, False, None).
-    diff = [k for k in sorted(set(saved) | set(now)) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k)
-            and not (k not in saved and not now.get(k))]
+    diff = [k for k in sorted(set(saved) | set(now)) if k not in RESUMABLE_CHANGES
+            and setting(saved, k) != setting(now, k) and not (k not in saved and not now.get(k))]
     if diff:
-        pairs = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff)
+        pairs = ", ".join(f"{k}: {setting(saved, k)!r} -> {setting(now, k)!r}" for k in diff)
         raise CEBMError(f"cannot resume {cfg.out_dir}: settings differ from its checkpoint ({pairs}); "
                         f"use the same flags or another --out-dir")
 

@@ -378,6 +378,31 @@ def test_existing_run_needs_resume_and_matching_settings(tmp_path):
         cebm.run_cebm(tiny_cfg(tmp_path, "--resume", "--lr", "0.1"))
 
 
+@pytest.mark.parametrize("size,widths,hidden", [(28, [32, 32, 64, 64], 256), (32, [64, 128, 256, 512], 1024)])
+def test_arch_code_builds_the_official_codes_widths(size, widths, hidden):
+    model = cebm.build_model({"dataset": "mnist" if size == 28 else "cifar10", "bias": "gaussian",
+                              "latent_dim": 8, "act": "silu", "arch": "code"})
+    convs = [m for m in model.encoder.conv if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == widths
+    assert model.encoder.out.in_features == hidden and model.encoder.out.out_features == 16
+    x = torch.rand(2, convs[0].in_channels, size, size) * 2 - 1
+    assert model.energy(x).shape == (2,)
+
+
+def test_a_run_saved_before_arch_existed_loads_and_resumes_as_the_papers(tmp_path):
+    cebm.run_cebm(tiny_cfg(tmp_path, "--iters", "3"))
+    path = Path(tmp_path / "run" / "ckpt.pt")
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["config"]["arch"]  # as written by the code before --arch
+    torch.save(ckpt, path)
+    model, _ = cebm.load_model(path)
+    assert [m.out_channels for m in model.encoder.conv if isinstance(m, torch.nn.Conv2d)] == [64, 64, 32, 32]
+    cebm.run_cebm(tiny_cfg(tmp_path, "--resume"))  # no "settings differ"
+    assert cebm.load_checkpoint(path)["iteration"] == 6
+    with pytest.raises(cebm.CEBMError, match="arch: 'paper' -> 'code'"):
+        cebm.run_cebm(tiny_cfg(tmp_path, "--resume", "--arch", "code", "--iters", "9"))
+
+
 def test_divergence_stops_with_last_good_checkpoint_kept(tmp_path):
     cfg = tiny_cfg(tmp_path)
     model = cebm.build_model(cfg)
