@@ -423,9 +423,10 @@ def write_report(path, args, runs, sections, notes, shots, seconds, device):
              f"trained; VAE log p(x) with {args.ood_k} importance samples, seeded. The paper's VAE column scores "
              "-log p(x) (official code); ours scores log p(x) for every model", "",
              "## Runs and their budgets", "",
-             markdown(["run", "model", "dataset", "preset", "iterations", "batch", "SGLD steps",
+             markdown(["run", "model", "dataset", "preset", "encoder", "iterations", "batch", "SGLD steps",
                        "train wall time", "train device", "mode"],
                       [[f"`{r['path']}`", r["label"], r["cfg"]["dataset"], r["cfg"].get("preset", ""),
+                        "code (--arch code)" if r["cfg"].get("arch") == "code" else "Table 2",
                         r["iteration"], r["cfg"]["batch_size"],
                         r["cfg"]["sgld_steps"] if r["cfg"]["model"] in ("igebm",) or r["cfg"]["model"].startswith("cebm")
                         else "-", f"{r['seconds'] / 60:.1f} min", r["cfg"]["device"],

@@ -840,8 +840,8 @@ def test_textures_are_every_dtd_image_resized_bilinearly(tmp_path):
 
 def test_evaluate_end_to_end_on_tiny_runs_of_every_model(tmp_path):
     runs = []
-    for bias in ("gaussian", "gmm"):
-        cfg = tiny_cfg(tmp_path / bias, "--bias", bias, "--iters", "2")
+    for bias, arch in (("gaussian", "code"), ("gmm", "paper")):
+        cfg = tiny_cfg(tmp_path / bias, "--bias", bias, "--arch", arch, "--iters", "2")
         cebm.run_cebm(cfg)
         runs.append(cfg.out_dir)
     for model in baselines.MODELS:
@@ -864,6 +864,8 @@ def test_evaluate_end_to_end_on_tiny_runs_of_every_model(tmp_path):
     assert "Few-shot" in report and "1-nearest" in report and "AUROC" in report
     assert "The paper's VAE column scores -log p(x)" in report and "VAEs on clean images" in report
     assert "fashionmnist: skipped" in report and "BiGAN has no density" in report
+    budgets = [line for line in report.splitlines() if line.startswith("| `")]
+    assert [("code (--arch code)" in line) for line in budgets] == [True] + [False] * (len(runs) - 1)  # Gaussian: code
     ood_md = (out / "ood.md").read_text().splitlines()
     assert len({line.count("|") for line in ood_md if line.startswith("|")}) == 1  # no '|' inside a cell
 
