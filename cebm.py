@@ -405,7 +405,7 @@ def activation(name):
 
 
 # Conv widths and hidden FC size per (--arch, image size). "paper" is Table 2; "code" is what the official
-# code trains (camera-ready train_ebm.py and its scripts), the networks behind the paper's numbers.
+# code trains by default (camera-ready train_ebm.py and its training scripts).
 ENCODER_SIZES = {("paper", 28): ((64, 64, 32, 32), 128), ("paper", 32): ((64, 128, 256, 512), 128),
                  ("code", 28): ((32, 32, 64, 64), 256), ("code", 32): ((64, 128, 256, 512), 1024)}
 

@@ -399,6 +399,9 @@ def test_a_run_saved_before_arch_existed_loads_and_resumes_as_the_papers(tmp_pat
     assert [m.out_channels for m in model.encoder.conv if isinstance(m, torch.nn.Conv2d)] == [64, 64, 32, 32]
     cebm.run_cebm(tiny_cfg(tmp_path, "--resume"))  # no "settings differ"
     assert cebm.load_checkpoint(path)["iteration"] == 6
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["config"]["arch"]
+    torch.save(ckpt, path)  # an old run is named as Table 2's in the refusal, too
     with pytest.raises(cebm.CEBMError, match="arch: 'paper' -> 'code'"):
         cebm.run_cebm(tiny_cfg(tmp_path, "--resume", "--arch", "code", "--iters", "9"))
 

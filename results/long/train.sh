@@ -13,7 +13,7 @@ minutes=${2:-180}
 common=(--data-dir "$data" --preset cpu-long --resume --no-progress)
 for ds in fashionmnist mnist; do
   for bias in gaussian gmm; do
-    arch=code; [ $bias = gmm ] && arch=paper   # the code's widths learn faster with the Gaussian bias; the GMM diverged
+    arch=code; [ $bias = gmm ] && arch=paper   # the code's widths: faster with the Gaussian bias; the GMM failed
     python cebm.py --dataset $ds --bias $bias --arch $arch "${common[@]}" --max-minutes "$minutes" \
       --out-dir runs/long/cebm-${bias}_$ds
   done
