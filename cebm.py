@@ -89,7 +89,7 @@ RESUMABLE_CHANGES = {"iters", "device", "resume", "out_dir", "data_dir", "log_ev
                      "probe_every", "probe_n"}
 
 # Settings added after runs were saved without them, with the value those runs had.
-OLDER_DEFAULTS = {"arch": "paper"}
+OLDER_DEFAULTS = {"arch": "paper", "gmm_prior": "learned"}
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -220,6 +220,9 @@ def cebm_parser():
     g.add_argument("--gmm-latent", default="mean", choices=["mean", "map"],
                    help="latent(x) for --bias gmm: posterior mean E[z|x] over all components (default), "
                         "or the mean of the most probable component (the official code)")
+    g.add_argument("--gmm-prior", default="learned", choices=["learned", "fixed"],
+                   help="λ_l for --bias gmm: learned from means 0.31·N(0, 1) and σ in [1, 6] (default), or "
+                        "fixed at means ~ N(0, 1), σ = 1 (the official CEBM-GMM without --optimize_ib)")
     g.add_argument("--act", default="silu", choices=["silu", "leakyrelu"],
                    help="encoder activation: silu (official code, smooth dE/dx for SGLD) or leakyrelu "
                         "(paper's Table 2)")
@@ -512,19 +515,25 @@ class GaussianCEBM(CEBM):
 
 
 class GMMCEBM(CEBM):
-    """CEBM with a mixture-of-Gaussians bias over (y, z), learnable λ_l, uniform weights (Appendix A.2).
+    """CEBM with a mixture-of-Gaussians bias over (y, z), uniform weights (Appendix A.2); λ_l learned
+    (prior="learned") or fixed at the official code's default (prior="fixed").
 
     As in the official code, all L components share the same t_θ(x); the paper's t_{θ,l,k}
     notation would allow one per component.
     """
 
     def __init__(self, channels, image_size, latent_dim=128, components=50, act="silu", latent_mode="mean",
-                 arch="paper"):
+                 arch="paper", prior="learned"):
         super().__init__(channels, image_size, latent_dim, act, arch)
         self.latent_mode = latent_mode
-        # The official code's initialisation: means near 0, standard deviations in [1, 6].
-        self.means = nn.Parameter(0.31 * torch.randn(components, latent_dim))
-        self.log_stds = nn.Parameter(torch.log(1 + 5 * torch.rand(components, latent_dim)))
+        if prior == "learned":
+            # The official GMM-VAE's initialisation: means near 0, standard deviations in [1, 6], learned.
+            self.means = nn.Parameter(0.31 * torch.randn(components, latent_dim))
+            self.log_stds = nn.Parameter(torch.log(1 + 5 * torch.rand(components, latent_dim)))
+        else:
+            # The official CEBM-GMM's default: means ~ N(0, 1), σ = 1, never learned (buffers, same keys).
+            self.register_buffer("means", torch.randn(components, latent_dim))
+            self.register_buffer("log_stds", torch.zeros(components, latent_dim))
         self.register_buffer("log_weights", torch.full((components,), -math.log(components)))
 
     def prior_natural(self):
@@ -579,7 +588,8 @@ def build_model(cfg):
     channels, size, _ = DATASETS[c["dataset"]]
     arch = c.get("arch", OLDER_DEFAULTS["arch"])
     if c["bias"] == "gmm":
-        return GMMCEBM(channels, size, c["latent_dim"], c["components"], c["act"], c["gmm_latent"], arch)
+        return GMMCEBM(channels, size, c["latent_dim"], c["components"], c["act"], c["gmm_latent"], arch,
+                       c.get("gmm_prior", OLDER_DEFAULTS["gmm_prior"]))
     return GaussianCEBM(channels, size, c["latent_dim"], c["act"], arch)
 
 

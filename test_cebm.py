@@ -406,6 +406,26 @@ def test_a_run_saved_before_arch_existed_loads_and_resumes_as_the_papers(tmp_pat
         cebm.run_cebm(tiny_cfg(tmp_path, "--resume", "--arch", "code", "--iters", "9"))
 
 
+def test_gmm_fixed_prior_is_the_official_codes_and_never_moves(tmp_path):
+    flags = ("--bias", "gmm", "--components", "3", "--gmm-prior", "fixed")
+    cebm.run_cebm(tiny_cfg(tmp_path, *flags, "--iters", "3"))
+    path = tmp_path / "run" / "ckpt.pt"
+    before, _ = cebm.load_model(path)
+    assert "means" not in dict(before.named_parameters()) and torch.all(before.log_stds == 0)
+    cebm.run_cebm(tiny_cfg(tmp_path, *flags, "--resume"))
+    after, _ = cebm.load_model(path)
+    assert torch.equal(after.means, before.means) and torch.equal(after.log_stds, before.log_stds)
+    assert not torch.equal(after.encoder.out.weight, before.encoder.out.weight)  # the encoder did train
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["config"]["gmm_prior"]  # a run saved before --gmm-prior learned its prior
+    torch.save(ckpt, path)
+    with pytest.raises(cebm.CEBMError, match="gmm_prior: 'learned' -> 'fixed'"):
+        cebm.run_cebm(tiny_cfg(tmp_path, *flags, "--resume", "--iters", "9"))
+    learned = cebm.build_model({"dataset": "digits", "bias": "gmm", "latent_dim": 4, "components": 3,
+                                "act": "silu", "gmm_latent": "mean"})
+    assert "means" in dict(learned.named_parameters())
+
+
 def test_divergence_stops_with_last_good_checkpoint_kept(tmp_path):
     cfg = tiny_cfg(tmp_path)
     model = cebm.build_model(cfg)
