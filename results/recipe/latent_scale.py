@@ -1,7 +1,10 @@
 """Why the paper's few-shot protocol rewards latent scale: the same latents, multiplied by 1, 10 and 100,
 fitted with the paper protocol (one-vs-rest liblinear, C=1, raw features) and with standardised features.
 
-    python results/recipe/latent_scale.py runs/recipe/lr5e-4 --data-dir ../shared/data
+    python results/recipe/latent_scale.py runs/recipe/lr5e-4 [more runs or checkpoints] --data-dir ../shared/data
+
+For a Gaussian CEBM it also prints what sets the latent's size: E[z | x] = λ̃₁ / (-2 λ̃₂), so a larger posterior
+precision -2 λ̃₂ = 1 + 2·softplus(h) shrinks the latent, and the energy E(x) on the same images.
 """
 import argparse
 import sys
@@ -13,19 +16,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import cebm  # noqa: E402
 
 p = argparse.ArgumentParser()
-p.add_argument("run")
+p.add_argument("runs", nargs="+")
 p.add_argument("--data-dir", default="./data")
 args = p.parse_args()
-model, cfg = cebm.load_model(args.run)
-x, y = cebm.load_dataset(cfg["dataset"], args.data_dir, train=True)
-idx = np.random.RandomState(0).permutation(len(y))[:6000]
-f, y = cebm.encode(model.latent, x[idx], "cpu"), y.numpy()[idx]
-val, pool = slice(0, 2000), np.arange(2000, 6000)
-draws = cebm.few_shot_draws(y, ["1", "10", "100"], 3, pool)
-print(f"{args.run} (iteration {cebm.load_checkpoint(args.run)['iteration']}): latent |mean| {np.abs(f).mean():.3f}, "
-      f"mean per-dimension std {f.std(0).mean():.3f}; training images 2000-5999 of a fixed permutation labelled, "
-      "0-1999 scored; 3 draws")
-for name, feats, protocol in [("paper, x1", f, "paper"), ("paper, x10", 10 * f, "paper"),
-                              ("paper, x100", 100 * f, "paper"), ("standardized", f, "standardized")]:
-    res = cebm.few_shot(feats, y, feats[val], y[val], draws, protocol)
-    print(f"  {name:13s} " + "  ".join(f"{s}-shot {100 * np.mean(a):.1f}" for s, a in res.items()))
+
+
+def report(run):
+    model, cfg = cebm.load_model(run)
+    x, y = cebm.load_dataset(cfg["dataset"], args.data_dir, train=True)
+    idx = np.random.RandomState(0).permutation(len(y))[:6000]
+    f, y = cebm.encode(model.latent, x[idx], "cpu"), y.numpy()[idx]
+    val, pool = slice(0, 2000), np.arange(2000, 6000)
+    draws = cebm.few_shot_draws(y, ["1", "10", "100"], 3, pool)
+    print(f"{run} (iteration {cebm.load_checkpoint(run)['iteration']}): latent |mean| {np.abs(f).mean():.3f}, "
+          f"mean per-dimension std {f.std(0).mean():.3f}; training images 2000-5999 of a fixed permutation labelled, "
+          "0-1999 scored; 3 draws")
+    if hasattr(model, "prior_nat2"):  # Gaussian bias: the posterior precision and the energy
+        precision = cebm.encode(lambda v: -2 * model.posterior_natural(v)[1], x[idx[:2000]], "cpu")
+        energy = cebm.encode(lambda v: model.energy(v)[:, None], x[idx[:2000]], "cpu")
+        print(f"  posterior precision: mean {precision.mean():.3f}, median {np.median(precision):.3f}; "
+              f"E(x) mean {energy.mean():.3f} (images 0-1999, no data noise)")
+    for name, feats, protocol in [("paper, x1", f, "paper"), ("paper, x10", 10 * f, "paper"),
+                                  ("paper, x100", 100 * f, "paper"), ("standardized", f, "standardized")]:
+        res = cebm.few_shot(feats, y, feats[val], y[val], draws, protocol)
+        print(f"  {name:13s} " + "  ".join(f"{s}-shot {100 * np.mean(a):.1f}" for s, a in res.items()))
+
+
+for run in args.runs:
+    report(run)
