@@ -89,7 +89,7 @@ RESUMABLE_CHANGES = {"iters", "device", "resume", "out_dir", "data_dir", "log_ev
                      "probe_every", "probe_n"}
 
 # Settings added after runs were saved without them, with the value those runs had.
-OLDER_DEFAULTS = {"arch": "paper", "gmm_prior": "learned"}
+OLDER_DEFAULTS = {"arch": "paper", "gmm_prior": "learned", "adam_beta1": 0.9}
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -134,6 +134,9 @@ def build_parser(description=__doc__, benchmark=True):
     g.add_argument("--batch-size", type=int, help="data and model samples per iteration")
     g.add_argument("--lr", type=float, help="Adam learning rate (App. D: 1e-4)")
     g.add_argument("--warmup", type=int, help="iterations of linear learning-rate warm-up from 0; 0 = none")
+    g.add_argument("--adam-beta1", type=float, default=0.9,
+                   help="Adam's first-moment decay beta1 (the official code: torch's default, 0.9; Du & Mordatch's "
+                        "IGEBM code: 0). The BiGAN keeps its own 0.5")
     g.add_argument("--lr-half-life", type=int,
                    help="halve the learning rate every this many iterations, smoothly; 0 = constant")
     g.add_argument("--seed", type=int, default=0, help="seed for torch's RNGs")
@@ -257,6 +260,8 @@ def parse_args(parser, argv=None, model_name=None):
     for name in ("sgld_step_size", "sgld_noise", "data_noise", "energy_reg", "max_minutes"):
         if not (math.isfinite(getattr(cfg, name)) and getattr(cfg, name) >= 0):
             parser.error(f"--{name.replace('_', '-')} must be a number >= 0, not {getattr(cfg, name)}")
+    if not 0 <= cfg.adam_beta1 < 1:
+        parser.error(f"--adam-beta1 is a decay between 0 and 1 (exclusive), not {cfg.adam_beta1}")
     if not 0 <= cfg.ema < 1:
         parser.error(f"--ema is a decay between 0 (off) and 1 (exclusive), not {cfg.ema}")
     if not 0 <= cfg.reinit <= 1:
@@ -1386,7 +1391,7 @@ def _bench_setup(cfg):
     channels, size, _ = DATASETS[cfg.dataset]
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device, memory_format=memory_format(cfg))
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, 0.999))
     buffer = ReplayBuffer(cfg.buffer_size, (channels, size, size), device, cfg.reinit)
     step = pcd_step(cfg, model, optimizer, buffer, make_sampler(cfg, model))
     return step, lambda: uniform_noise((cfg.batch_size, channels, size, size), device)
@@ -1498,7 +1503,7 @@ def run_cebm(cfg):
         return
     channels, size, _ = DATASETS[cfg.dataset]
     model = build_model(cfg).to(device, memory_format=memory_format(cfg))
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, 0.999))
     buffer = ReplayBuffer(cfg.buffer_size, (channels, size, size), device, cfg.reinit)
     step = pcd_step(cfg, model, optimizer, buffer, make_sampler(cfg, model))
     train(cfg, model, step, {"adam": optimizer}, buffer)

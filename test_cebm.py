@@ -406,6 +406,22 @@ def test_a_run_saved_before_arch_existed_loads_and_resumes_as_the_papers(tmp_pat
         cebm.run_cebm(tiny_cfg(tmp_path, "--resume", "--arch", "code", "--iters", "9"))
 
 
+def test_adam_beta1_reaches_the_optimizer_and_older_runs_resume_with_torchs_default(tmp_path):
+    cebm.run_cebm(tiny_cfg(tmp_path, "--iters", "3", "--adam-beta1", "0"))
+    path = Path(tmp_path / "run" / "ckpt.pt")
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["optimizers"]["adam"]["param_groups"][0]["betas"] == (0.0, 0.999)
+    with pytest.raises(cebm.CEBMError, match="adam_beta1: 0.0 -> 0.9"):  # a changed setting is refused
+        cebm.run_cebm(tiny_cfg(tmp_path, "--resume"))
+    cebm.run_cebm(tiny_cfg(tmp_path / "old", "--iters", "3"))
+    path = Path(tmp_path / "old" / "run" / "ckpt.pt")
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["config"]["adam_beta1"]  # as written before --adam-beta1: torch's default
+    torch.save(ckpt, path)
+    cebm.run_cebm(tiny_cfg(tmp_path / "old", "--resume"))
+    assert cebm.load_checkpoint(path)["iteration"] == 6
+
+
 def test_gmm_fixed_prior_is_the_official_codes_and_never_moves(tmp_path):
     flags = ("--bias", "gmm", "--components", "3", "--gmm-prior", "fixed")
     cebm.run_cebm(tiny_cfg(tmp_path, *flags, "--iters", "3"))
