@@ -297,7 +297,7 @@ def run_baseline(cfg):
     model = build_model(cfg).to(device, memory_format=cebm.memory_format(cfg))
     buffer = None
     if cfg.model == "igebm":  # exactly the PCD/SGLD loop of cebm.py
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, 0.999))
+        opt = cebm.make_adam(cfg, model.parameters())
         buffer = cebm.ReplayBuffer(cfg.buffer_size, (channels, size, size), device, cfg.reinit)
         step = cebm.pcd_step(cfg, model, opt, buffer, cebm.make_sampler(cfg, model))
         optimizers = {"adam": opt}
@@ -309,7 +309,7 @@ def run_baseline(cfg):
         step = bigan_step(model, opt_d, opt_ge)
         optimizers = {"disc": opt_d, "gen_enc": opt_ge}
     else:
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, 0.999))
+        opt = cebm.make_adam(cfg, model.parameters())
         step = vae_step(model, opt)
         optimizers = {"adam": opt}
     cebm.train(cfg, model, step, optimizers, buffer)

@@ -640,6 +640,11 @@ def memory_format(cfg):
     return torch.channels_last if cfg.channels_last else torch.contiguous_format
 
 
+def make_adam(cfg, params):
+    """Adam at --lr and --adam-beta1 (β₂ stays torch's 0.999), for every model trained at --lr."""
+    return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.adam_beta1, 0.999))
+
+
 def make_sampler(cfg, model):
     """The SGLD sampler of a run: x_init -> x after cfg.sgld_steps steps.
 
@@ -1391,7 +1396,7 @@ def _bench_setup(cfg):
     channels, size, _ = DATASETS[cfg.dataset]
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device, memory_format=memory_format(cfg))
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, 0.999))
+    optimizer = make_adam(cfg, model.parameters())
     buffer = ReplayBuffer(cfg.buffer_size, (channels, size, size), device, cfg.reinit)
     step = pcd_step(cfg, model, optimizer, buffer, make_sampler(cfg, model))
     return step, lambda: uniform_noise((cfg.batch_size, channels, size, size), device)
@@ -1503,7 +1508,7 @@ def run_cebm(cfg):
         return
     channels, size, _ = DATASETS[cfg.dataset]
     model = build_model(cfg).to(device, memory_format=memory_format(cfg))
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, 0.999))
+    optimizer = make_adam(cfg, model.parameters())
     buffer = ReplayBuffer(cfg.buffer_size, (channels, size, size), device, cfg.reinit)
     step = pcd_step(cfg, model, optimizer, buffer, make_sampler(cfg, model))
     train(cfg, model, step, {"adam": optimizer}, buffer)
