@@ -161,7 +161,7 @@ class GMMVAE(VAE):
 
 
 def vae_step(model, optimizer):
-    def step(x):
+    def step(x, it=0):  # no schedule inside the step: the iteration is not used
         elbo = model.elbo(x)
         loss = -elbo.mean()
         optimizer.zero_grad(set_to_none=True)
@@ -236,7 +236,7 @@ def bigan_step(model, opt_d, opt_ge):
     """The standard BiGAN game with the non-saturating generator/encoder loss."""
     disc_params = [p for n, p in model.named_parameters() if n.startswith("disc")]
 
-    def step(x):
+    def step(x, it=0):  # no schedule inside the step: the iteration is not used
         z = torch.randn(len(x), model.latent_dim, device=x.device)
         x_fake = torch.tanh(model.generator(z))
         z_real = model.encoder(x)

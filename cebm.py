@@ -89,7 +89,8 @@ RESUMABLE_CHANGES = {"iters", "device", "resume", "out_dir", "data_dir", "log_ev
                      "probe_every", "probe_n"}
 
 # Settings added after runs were saved without them, with the value those runs had.
-OLDER_DEFAULTS = {"arch": "paper", "gmm_prior": "learned", "adam_beta1": 0.9}
+OLDER_DEFAULTS = {"arch": "paper", "gmm_prior": "learned", "adam_beta1": 0.9, "energy_reg_late": None,
+                  "energy_reg_from": 1500}
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -157,6 +158,12 @@ def build_parser(description=__doc__, benchmark=True):
                    help="fraction of chains restarted from uniform noise each iteration (paper: 0.05)")
     g.add_argument("--energy-reg", type=float, default=0.1,
                    help="coefficient of the L2 penalty on energies (App. D, from Du & Mordatch 2019)")
+    g.add_argument("--energy-reg-late", type=float,
+                   help="the energy L2 coefficient from iteration --energy-reg-from on (default: --energy-reg "
+                        "throughout); a recipe-study lever: a strong L2 bounds E_data - E_model at -1/reg, "
+                        "which holds back chains that still lag the model early in training")
+    g.add_argument("--energy-reg-from", type=int, default=1500,
+                   help="the iteration at which --energy-reg-late takes over")
     g = p.add_argument_group("run")
     g.add_argument("--out-dir", help="run folder (default: runs/<model>_<dataset>_<preset>_s<seed>)")
     g.add_argument("--resume", action="store_true",
@@ -257,9 +264,11 @@ def parse_args(parser, argv=None, model_name=None):
         value = getattr(cfg, name, None)
         if value is not None and not (math.isfinite(value) and value > 0):
             parser.error(f"--{name.replace('_', '-')} must be a positive number, not {value}")
-    for name in ("sgld_step_size", "sgld_noise", "data_noise", "energy_reg", "max_minutes"):
-        if not (math.isfinite(getattr(cfg, name)) and getattr(cfg, name) >= 0):
-            parser.error(f"--{name.replace('_', '-')} must be a number >= 0, not {getattr(cfg, name)}")
+    for name in ("sgld_step_size", "sgld_noise", "data_noise", "energy_reg", "energy_reg_late", "energy_reg_from",
+                 "max_minutes"):
+        value = getattr(cfg, name)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            parser.error(f"--{name.replace('_', '-')} must be a number >= 0, not {value}")
     if not 0 <= cfg.adam_beta1 < 1:
         parser.error(f"--adam-beta1 is a decay between 0 and 1 (exclusive), not {cfg.adam_beta1}")
     if not 0 <= cfg.ema < 1:
@@ -671,19 +680,27 @@ def make_sampler(cfg, model):
 # 6. PCD training (Algorithm 1) and the run bookkeeping every model shares
 # --------------------------------------------------------------------------------------------------
 
+def energy_reg_at(cfg, iteration):
+    """The energy L2 coefficient at an iteration (--energy-reg, then --energy-reg-late if given)."""
+    late = cfg.energy_reg_late
+    return late if late is not None and iteration >= cfg.energy_reg_from else cfg.energy_reg
+
+
 def pcd_step(cfg, model, optimizer, buffer, sampler):
     """One iteration of Algorithm 1 as a function of a data batch x (already scaled to [-1, 1]).
 
     loss = mean E(x_data) - mean E(x_model) + reg · (mean E(x_data)² + mean E(x_model)²):
     its gradient is the contrastive estimate of -∇θ log p(x) (Eq. 1-2) plus the energy L2 penalty.
+    The loss is smallest at E_data = -1/(2 reg), E_model = 1/(2 reg): reg bounds E_data - E_model at -1/reg.
     """
-    def step(x):
+    def step(x, it=0):
+        reg = energy_reg_at(cfg, it)
         x_data = (x + cfg.data_noise * torch.randn_like(x)).contiguous(memory_format=memory_format(cfg))
         x_init, idx = buffer.sample(len(x))
         x_model = sampler(x_init)
         buffer.update(idx, x_model)
         e_data, e_model = model.energy(x_data), model.energy(x_model)
-        loss = e_data.mean() - e_model.mean() + cfg.energy_reg * (e_data.pow(2).mean() + e_model.pow(2).mean())
+        loss = e_data.mean() - e_model.mean() + reg * (e_data.pow(2).mean() + e_model.pow(2).mean())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -901,7 +918,7 @@ def train(cfg, model, step, optimizers, buffer=None):
     """The loop shared by every model: batches from the on-device training set, a metrics log,
     sample grids, atomic checkpoints, exact resume, and a stop with a clear message on divergence.
 
-    step(x) runs one iteration on a batch x in [-1, 1] and returns (metrics: dict of 0-d tensors,
+    step(x, it) runs iteration it on a batch x in [-1, 1] and returns (metrics: dict of 0-d tensors,
     images to show). Metrics stay on the device; they are read (one host sync) every log_every steps.
     """
     device = torch.device(cfg.device)
@@ -951,7 +968,7 @@ def train(cfg, model, step, optimizers, buffer=None):
             x = to_model_range(images[torch.randint(len(images), (cfg.batch_size,), device=device)])
             if cfg.warmup or cfg.lr_half_life:
                 set_lr(cfg, optimizers, it)
-            metrics, shown = step(x)
+            metrics, shown = step(x, it)
             if ema:
                 ema.update(model, it)
             log.add(metrics)

@@ -422,6 +422,27 @@ def test_adam_beta1_reaches_the_optimizer_and_older_runs_resume_with_torchs_defa
     assert cebm.load_checkpoint(path)["iteration"] == 6
 
 
+def test_energy_reg_late_takes_over_at_its_iteration_and_older_runs_resume_without_it(tmp_path):
+    cfg = tiny_cfg(tmp_path, "--energy-reg", "0.2", "--energy-reg-late", "0.3", "--energy-reg-from", "2")
+    assert [cebm.energy_reg_at(cfg, it) for it in range(4)] == [0.2, 0.2, 0.3, 0.3]
+    assert cebm.energy_reg_at(tiny_cfg(tmp_path, "--energy-reg", "0.2"), 10**6) == 0.2  # no late value: constant
+
+    def weights_after(name, *flags):  # the same seed: the runs differ only through the loss's coefficient
+        cebm.run_cebm(tiny_cfg(tmp_path / name, "--iters", "4", *flags))
+        return cebm.load_model(tmp_path / name / "run" / "ckpt.pt")[0].encoder.out.weight
+    switched = weights_after("switched", "--energy-reg", "0.1", "--energy-reg-late", "5", "--energy-reg-from", "2")
+    assert not torch.equal(switched, weights_after("late_never", "--energy-reg", "0.1", "--energy-reg-late", "5",
+                                                   "--energy-reg-from", "4"))
+    assert torch.equal(weights_after("late_at_0", "--energy-reg", "0.1", "--energy-reg-late", "0.2",
+                                     "--energy-reg-from", "0"), weights_after("constant", "--energy-reg", "0.2"))
+    path = tmp_path / "constant" / "run" / "ckpt.pt"
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["config"]["energy_reg_late"], ckpt["config"]["energy_reg_from"]  # as saved before the flags
+    torch.save(ckpt, path)
+    cebm.run_cebm(tiny_cfg(tmp_path / "constant", "--energy-reg", "0.2", "--resume"))
+    assert cebm.load_checkpoint(path)["iteration"] == 6
+
+
 def test_gmm_fixed_prior_is_the_official_codes_and_never_moves(tmp_path):
     flags = ("--bias", "gmm", "--components", "3", "--gmm-prior", "fixed")
     cebm.run_cebm(tiny_cfg(tmp_path, *flags, "--iters", "3"))
@@ -448,7 +469,7 @@ def test_divergence_stops_with_last_good_checkpoint_kept(tmp_path):
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     calls = []
 
-    def step(x):  # energies turn NaN from the 5th iteration on
+    def step(x, it):  # energies turn NaN from the 5th iteration on
         calls.append(1)
         bad = float("nan") if len(calls) >= 5 else 1.0
         e = model.energy(x).mean() * 0 + bad
