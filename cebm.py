@@ -160,8 +160,8 @@ def build_parser(description=__doc__, benchmark=True):
                    help="coefficient of the L2 penalty on energies (App. D, from Du & Mordatch 2019)")
     g.add_argument("--energy-reg-late", type=float,
                    help="the energy L2 coefficient from iteration --energy-reg-from on (default: --energy-reg "
-                        "throughout); a recipe-study lever: a strong L2 bounds E_data - E_model at -1/reg, "
-                        "which holds back chains that still lag the model early in training")
+                        "throughout); a recipe-study lever: an L2 of reg bounds E_data - E_model at -1/reg, a "
+                        "bound that a run whose chains still lag the model early in training can sit on")
     g.add_argument("--energy-reg-from", type=int, default=1500,
                    help="the iteration at which --energy-reg-late takes over")
     g = p.add_argument_group("run")
