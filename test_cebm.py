@@ -435,6 +435,9 @@ def test_energy_reg_late_takes_over_at_its_iteration_and_older_runs_resume_witho
                                                    "--energy-reg-from", "4"))
     assert torch.equal(weights_after("late_at_0", "--energy-reg", "0.1", "--energy-reg-late", "0.2",
                                      "--energy-reg-from", "0"), weights_after("constant", "--energy-reg", "0.2"))
+    late = ("--energy-reg", "0.1", "--energy-reg-late", "5", "--energy-reg-from", "3")
+    cebm.run_cebm(tiny_cfg(tmp_path / "split", "--iters", "3", *late))  # stopped at its checkpoint before the switch
+    assert torch.equal(weights_after("split", "--resume", *late), weights_after("whole", *late))  # resumed across it
     path = tmp_path / "constant" / "run" / "ckpt.pt"
     ckpt = torch.load(path, weights_only=True)
     del ckpt["config"]["energy_reg_late"], ckpt["config"]["energy_reg_from"]  # as saved before the flags
