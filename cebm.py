@@ -86,7 +86,7 @@ RESUMABLE_CHANGES = {"iters", "device", "resume", "out_dir", "data_dir", "log_ev
                      "sample_every", "eager", "channels_last", "keep_heap", "no_progress", "sample",
                      "sample_steps", "n_samples", "benchmark", "bench_iters", "bench_mode", "export",
                      "max_minutes", "stop_at_paper",
-                     "probe_every", "probe_n"}
+                     "probe_every", "probe_n", "snapshots"}
 
 # Settings added after runs were saved without them, with the value those runs had.
 OLDER_DEFAULTS = {"arch": "paper", "gmm_prior": "learned", "adam_beta1": 0.9, "energy_reg_late": None,
@@ -178,6 +178,10 @@ def build_parser(description=__doc__, benchmark=True):
                         "subset of the training set) written to probe.csv / probe.png; 0 = off")
     g.add_argument("--probe-n", type=int, default=2000,
                    help="training images held out (from the probe's labelled draws only) as its validation set")
+    g.add_argument("--snapshots", action="store_true",
+                   help="keep the weights of every probed model as <out-dir>/snapshots/it<N>.pt (weights only, "
+                        "~1.3 MB each; evaluate.py and --sample take them), to choose a model from probe.csv "
+                        "afterwards by another rule than best.pt's")
     g.add_argument("--max-minutes", type=float,
                    help="stop (with a checkpoint) after this much training time, probe time excluded; 0 = no "
                         "limit. A resumed run counts the time already spent")
@@ -953,6 +957,9 @@ def train(cfg, model, step, optimizers, buffer=None):
         row = probe(delivered, done, elapsed())
         if probe.is_best(row):  # the probe's best model so far, weights only (chosen on training images)
             atomic_save(weights_only(config, done, elapsed(), delivered.state_dict()), out / "best.pt")
+        if cfg.snapshots:
+            atomic_save(weights_only(config, done, elapsed(), delivered.state_dict()),
+                        out / "snapshots" / f"it{done:06d}.pt")
         probe_time += row["probe_seconds"]
         if reached_paper is None and probe.reached_paper(row):
             reached_paper = done

@@ -267,7 +267,7 @@ def probe_columns(path):
 def test_probe_leaves_the_trajectory_unchanged_and_resumes_exactly(tmp_path):
     off = tiny_cfg(tmp_path / "off")
     cebm.run_cebm(off)
-    on = tiny_cfg(tmp_path / "on", "--probe-every", "2", "--probe-n", "300")
+    on = tiny_cfg(tmp_path / "on", "--probe-every", "2", "--probe-n", "300", "--snapshots")
     cebm.run_cebm(on)
     cut = tiny_cfg(tmp_path / "cut", "--probe-every", "2", "--probe-n", "300", "--iters", "3")
     cebm.run_cebm(cut)  # "killed" after its iteration-3 checkpoint, then resumed
@@ -290,6 +290,13 @@ def test_probe_leaves_the_trajectory_unchanged_and_resumes_exactly(tmp_path):
     scores = [sum(v for k, v in r.items() if k.startswith("acc")) for r in rows_on]
     assert best["iteration"] == rows_on[scores.index(max(scores))]["iteration"] and "buffer" not in best
     assert cebm.load_checkpoint(Path(cut.out_dir) / "best.pt")["iteration"] == best["iteration"]
+    snaps = sorted((Path(on.out_dir) / "snapshots").glob("it*.pt"))  # --snapshots: every probed model
+    assert [cebm.load_checkpoint(f)["iteration"] for f in snaps] == [0, 2, 4, 6]
+    last = cebm.load_checkpoint(snaps[-1])
+    assert "buffer" not in last and all(torch.equal(last["model"][k], b["model"][k]) for k in b["model"])
+    picked = cebm.load_checkpoint(Path(on.out_dir) / "snapshots" / f"it{best['iteration']:06d}.pt")
+    assert all(torch.equal(picked["model"][k], best["model"][k]) for k in best["model"])
+    assert not (Path(cut.out_dir) / "snapshots").exists()
 
 
 def test_weight_average_leaves_the_trajectory_unchanged_resumes_exactly_and_is_what_a_run_delivers(tmp_path,
