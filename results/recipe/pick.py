@@ -53,8 +53,8 @@ def main():
         show = lambda r: " / ".join(f"{r[k]:.1f}" for k in paper)  # noqa: E731
         snap = Path(folder) / "snapshots" / f"it{int(by_row['iteration']):06d}.pt"
         print(f"{Path(folder).name}: paper {' / '.join(str(v) for v in paper.values())} ({', '.join(paper)})\n"
-              f"  mean pick (best.pt)  it {int(by_mean['iteration']):>6}: {show(by_mean)}\n"
-              f"  row pick (margin {m:+.1f}) it {int(by_row['iteration']):>6}: {show(by_row)}"
+              f"  mean pick (best.pt's rule) it {int(by_mean['iteration']):>6}: {show(by_mean)}\n"
+              f"  row pick (margin {m:+.1f})     it {int(by_row['iteration']):>6}: {show(by_row)}"
               + (f"  -> {snap}" if snap.exists() else ""))
 
 
