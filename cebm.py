@@ -955,11 +955,13 @@ def train(cfg, model, step, optimizers, buffer=None):
     def measure(done):
         nonlocal probe_time, reached_paper
         row = probe(delivered, done, elapsed())
-        if probe.is_best(row):  # the probe's best model so far, weights only (chosen on training images)
-            atomic_save(weights_only(config, done, elapsed(), delivered.state_dict()), out / "best.pt")
-        if cfg.snapshots:
-            atomic_save(weights_only(config, done, elapsed(), delivered.state_dict()),
-                        out / "snapshots" / f"it{done:06d}.pt")
+        best = probe.is_best(row)  # the probe's best model so far (chosen on training images)
+        if best or cfg.snapshots:
+            weights = weights_only(config, done, elapsed(), delivered.state_dict())
+            if best:
+                atomic_save(weights, out / "best.pt")
+            if cfg.snapshots:
+                atomic_save(weights, out / "snapshots" / f"it{done:06d}.pt")
         probe_time += row["probe_seconds"]
         if reached_paper is None and probe.reached_paper(row):
             reached_paper = done
@@ -1307,7 +1309,8 @@ class Probe:
         plot_probe(self.out / "probe.csv", self.out / "probe.png", self.cfg.dataset, self.cfg.model)
         return row
 
-    def score(self, row):
+    @staticmethod
+    def score(row):
         """The mean of the few-shot accuracies: what 'best' means for best.pt."""
         accs = [v for k, v in row.items() if k.startswith("acc")]
         return sum(accs) / len(accs) if accs else -1.0

@@ -29,12 +29,15 @@ def measures(config, columns, grad):
 
 
 def pick(folder, grad=False, start=1):
+    """(paper's values, best.pt's row, the closest row, its margin), or None without probe rows from start on."""
     folder = Path(folder)
     config = json.loads((folder / "config.json").read_text())
     rows = [r for r in cebm.read_metrics(folder / "probe.csv") if r["iteration"] >= start]
+    if not rows:
+        return None
     paper = measures(config, rows[0].keys(), grad)
     margin = {r["iteration"]: min(r[k] - v for k, v in paper.items()) for r in rows}
-    by_mean = max(rows, key=lambda r: sum(r[k] for k in ("acc1", "acc10", "acc100")))
+    by_mean = max(rows, key=cebm.Probe.score)  # the first of equals, as best.pt keeps
     by_row = max(rows, key=lambda r: margin[r["iteration"]])
     return paper, by_mean, by_row, margin[by_row["iteration"]]
 
@@ -46,10 +49,11 @@ def main():
     p.add_argument("--from", dest="start", type=int, default=1, help="first iteration considered")
     args = p.parse_args()
     for folder in args.folders:
-        if not any(r["iteration"] >= args.start for r in cebm.read_metrics(Path(folder) / "probe.csv")):
+        picked = pick(folder, args.grad, args.start)
+        if picked is None:
             print(f"{Path(folder).name}: no probe rows from iteration {args.start} on")
             continue
-        paper, by_mean, by_row, m = pick(folder, args.grad, args.start)
+        paper, by_mean, by_row, m = picked
         show = lambda r: " / ".join(f"{r[k]:.1f}" for k in paper)  # noqa: E731
         snap = Path(folder) / "snapshots" / f"it{int(by_row['iteration']):06d}.pt"
         print(f"{Path(folder).name}: paper {' / '.join(str(v) for v in paper.values())} ({', '.join(paper)})\n"
