@@ -332,6 +332,25 @@ def test_weight_average_leaves_the_trajectory_unchanged_resumes_exactly_and_is_w
         cebm.run_cebm(tiny_cfg(tmp_path / "plain", "--ema", "0.5", "--resume"))
 
 
+def test_probe_draws_extend_the_same_draws_and_stay_fixed_for_a_run(tmp_path):
+    flags = ("--probe-every", "3", "--probe-n", "300", "--iters", "3")
+    few, many = tiny_cfg(tmp_path / "few", *flags), tiny_cfg(tmp_path / "many", *flags, "--probe-draws", "6")
+    cebm.run_cebm(few)
+    cebm.run_cebm(many)
+    a, b = (cebm.load_checkpoint(cfg.out_dir) for cfg in (few, many))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])  # training does not see the probe
+    assert (a["config"]["probe_draws"], b["config"]["probe_draws"]) == (3, 6)
+    images, labels = cebm.load_dataset("digits", None, train=True)
+    p3, p6 = (cebm.Probe(cfg, images, labels, tmp_path / "scratch") for cfg in (few, many))
+    assert p3.draws.keys() == p6.draws.keys() and "1" in p3.draws
+    for shot in p3.draws:  # the 3 draws of the default are the first 3 of 6, so the values stay comparable
+        drawn3, drawn6 = ([p.labelled[i] for i in p.draws[shot]] for p in (p3, p6))
+        assert len(drawn3) == 3 and len(drawn6) == 6
+        assert all(np.array_equal(x, y) for x, y in zip(drawn3, drawn6[:3]))
+    with pytest.raises(cebm.CEBMError, match="probe_draws"):  # rows of one probe.csv average the same draws
+        cebm.run_cebm(tiny_cfg(tmp_path / "few", *flags, "--probe-draws", "6", "--iters", "6", "--resume"))
+
+
 @pytest.mark.parametrize("model", ["vae", "bigan"])  # the IGEBM trains through the CEBM loop, tested above
 def test_probe_leaves_baseline_training_unchanged(tmp_path, model):
     runs = []
