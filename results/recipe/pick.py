@@ -6,7 +6,7 @@ early 1-label peak. This script also names the row with the largest *smallest ma
 --grad, the gradient-score AUROC against the other MNIST-family set joins the measures (Table 5).
 Only validation (training) images are read; the test set is for the chosen model afterwards.
 
-    python results/recipe/pick.py runs/recipe/mnist_long_archcode_reg0.3_hl5000 [--grad] [--from 1000]
+    python results/recipe/pick.py runs/recipe/mnist_long_archcode_reg0.3_hl5000 [--grad] [--from 1000] [--csv <file>]
 
 A run trained with --snapshots keeps every probed model: the script prints the chosen one's file.
 """
@@ -28,11 +28,15 @@ def measures(config, columns, grad):
     return {k: targets[k] for k in keys if k in targets and k in columns}
 
 
-def pick(folder, grad=False, start=1):
-    """(paper's values, best.pt's row, the closest row, its margin), or None without probe rows from start on."""
+def pick(folder, grad=False, start=1, name="probe.csv"):
+    """(paper's values, best.pt's rule's row, the closest row, its margin) from folder/name, or None without rows
+    from start on."""
     folder = Path(folder)
+    for path in (folder / "config.json", folder / name):
+        if not path.exists():
+            sys.exit(f"error: no {path}")
     config = json.loads((folder / "config.json").read_text())
-    rows = [r for r in cebm.read_metrics(folder / "probe.csv") if r["iteration"] >= start]
+    rows = [r for r in cebm.read_metrics(folder / name) if r["iteration"] >= start]
     if not rows:
         return None
     paper = measures(config, rows[0].keys(), grad)
@@ -47,9 +51,11 @@ def main():
     p.add_argument("folders", nargs="+", help="run folders (or copies) holding probe.csv and config.json")
     p.add_argument("--grad", action="store_true", help="the gradient-score AUROC (Table 5) is a measure too")
     p.add_argument("--from", dest="start", type=int, default=1, help="first iteration considered")
+    p.add_argument("--csv", default="probe.csv",
+                   help="the rows to read in each folder (a name, or a path), e.g. a re-probe's (reprobe.py)")
     args = p.parse_args()
     for folder in args.folders:
-        picked = pick(folder, args.grad, args.start)
+        picked = pick(folder, args.grad, args.start, args.csv)
         if picked is None:
             print(f"{Path(folder).name}: no probe rows from iteration {args.start} on")
             continue
