@@ -351,6 +351,23 @@ def test_probe_draws_extend_the_same_draws_and_stay_fixed_for_a_run(tmp_path):
         cebm.run_cebm(tiny_cfg(tmp_path / "few", *flags, "--probe-draws", "6", "--iters", "6", "--resume"))
 
 
+def test_reprobe_with_the_probes_draws_repeats_probe_csv(tmp_path, monkeypatch):
+    """results/recipe/reprobe.py re-measures snapshots; with the run's own draws it must give the probe's values."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("reprobe", Path(__file__).parent / "results/recipe/reprobe.py")
+    reprobe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reprobe)
+    cfg = tiny_cfg(tmp_path, "--probe-every", "3", "--probe-n", "300", "--snapshots")
+    cebm.run_cebm(cfg)
+    out = tmp_path / "again.csv"
+    monkeypatch.setattr(sys, "argv", ["reprobe.py", cfg.out_dir, "--draws", "3", "--out", str(out)])
+    reprobe.main()
+    keep = ("iteration", "acc1", "acc10")  # the digits' pool has too few images for 100 labels per class
+    probed = [{k: r[k] for k in keep} for r in cebm.read_metrics(Path(cfg.out_dir) / "probe.csv")]
+    assert len(probed) == 3 and [{k: r[k] for k in keep} for r in cebm.read_metrics(out)] == probed
+    assert not out.with_suffix(".probe").exists()  # its scratch folder is removed
+
+
 @pytest.mark.parametrize("model", ["vae", "bigan"])  # the IGEBM trains through the CEBM loop, tested above
 def test_probe_leaves_baseline_training_unchanged(tmp_path, model):
     runs = []
