@@ -180,8 +180,8 @@ def build_parser(description=__doc__, benchmark=True):
                    help="training images held out (from the probe's labelled draws only) as its validation set")
     g.add_argument("--probe-draws", type=int, default=3,
                    help="seeded draws of labelled images per shot that each few-shot value of the probe averages: "
-                        "3 in every run shipped here, whose MNIST 1-label value read 3-4 points above the mean of 10 "
-                        "draws; 10 matched the test set within ~1 point (results/recipe, twelfth session)")
+                        "3 in every run shipped here, whose 1-label value read 1.3-6.2 points above the test set's "
+                        "over 14 models, where 10 read -0.7 to +1.9 (results/recipe, twelfth session)")
     g.add_argument("--snapshots", action="store_true",
                    help="keep the weights of every probed model as <out-dir>/snapshots/it<N>.pt (weights only, "
                         "~1.3 MB each; evaluate.py and --sample take them), to choose a model from probe.csv "

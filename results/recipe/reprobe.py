@@ -1,12 +1,12 @@
-"""Re-measure a run's snapshots with the probe's few-shot part and more draws than the probe's three.
+"""Re-measure a run's snapshots with the probe's few-shot part and another number of draws than the probe's.
 
 The probe (cebm.Probe) averages --probe-draws fixed draws of labelled training images per shot, 3 unless
-given (as in every run of this study). At 1 label per class
-one draw's accuracy spreads by ±5-7 points, so 3 draws leave the probe's 1-label value a few points off
-the mean over draws, and a row picked by a maximum over many probes favours a lucky value. This script
-runs the same few-shot measure (same validation subset, same labelled pool, the paper's protocol) on every
-snapshots/it<N>.pt of a run trained with --snapshots, with --draws seeded draws per shot, and writes
-iteration, acc1, acc10, acc100 to a CSV. Only training images are read; no test image.
+given. At 1 label per class one draw's accuracy spreads by ±4-8 points (the std over 10 draws in the test
+reports), so 3 draws leave the probe's 1-label value a few points off the mean over draws, and a row picked
+by a maximum over many probes favours a lucky value. This script runs the same few-shot measure (same
+validation subset, same labelled pool, the paper's protocol) on every snapshots/it<N>.pt of a run trained
+with --snapshots, with --draws seeded draws per shot (the first of them the probe's), and writes iteration,
+acc1, acc10, acc100 to a CSV. Only training images are read; no test image.
 
     python results/recipe/reprobe.py runs/recipe/<run> --draws 10 --data-dir ../shared/data --out <csv>
 """
