@@ -4,6 +4,7 @@
 """
 import csv
 import gzip
+import json
 import math
 import os
 import pickle
@@ -367,6 +368,22 @@ def test_reprobe_with_the_probes_draws_repeats_probe_csv(tmp_path, monkeypatch):
     assert len(probed) == 3 and [{k: r[k] for k in keep} for r in cebm.read_metrics(out)] == probed
     assert not out.with_suffix(".probe").exists()  # its scratch folder is removed
 
+
+def test_bound_streak_measures_stretches_at_the_l2_bound_with_the_reg_of_each_iteration(tmp_path):
+    """results/recipe/bound_streak.py: the bound is -1/reg with the reg the run had at that iteration."""
+    import importlib.util
+    path = Path(__file__).parent / "results/recipe/bound_streak.py"
+    spec = importlib.util.spec_from_file_location("bound_streak", path)
+    bound_streak = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bound_streak)
+    config = {"model": "cebm-gaussian", "energy_reg": 0.2, "energy_reg_late": 0.1, "energy_reg_from": 300}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    diffs = {100: -4.5, 200: -4.2, 300: -4.6, 400: -4.6, 500: -7.9, 600: -8.1, 700: -8.2, 800: -1.0}
+    (tmp_path / "metrics.csv").write_text("iteration,E_diff\n" + "".join(f"{i},{d}\n" for i, d in diffs.items()))
+    # 0.8 of the bound: -4 under 0.2 (iterations 100-300), -8 under 0.1 (from 301: 600 and 700 only)
+    assert bound_streak.streak(tmp_path, 0.8, 150) == (200, 300, 800)
+    assert bound_streak.streak(tmp_path, 0.9, 150) == (0, None, 800)  # -4.2 breaks it; -8.1 is not 90 % of -10
+    assert bound_streak.streak(tmp_path / "missing", 0.8, 150) is None
 
 @pytest.mark.parametrize("model", ["vae", "bigan"])  # the IGEBM trains through the CEBM loop, tested above
 def test_probe_leaves_baseline_training_unchanged(tmp_path, model):
