@@ -1,7 +1,7 @@
 """How long a run's E_data - E_model sat at the energy L2's bound, from its metrics.csv.
 
 The loss of pcd_step (cebm.py) is smallest at E_data - E_model = -1/reg: a run whose chains are lost sits
-there (MNIST seeds 4 and 6 of the thirteenth session, from iteration ~250). This script prints, for each run
+there (MNIST seeds 4, 6 and 11 of the thirteenth session, from iteration ~250-300). This script prints, for each run
 folder, the longest stretch of logged iterations with E_data - E_model <= -FRAC/reg (reg as the run had it
 at that iteration, --energy-reg then --energy-reg-late) and the iteration at which that stretch first
 spanned --span iterations, to ask whether such a rule could warn of a lost run early.

@@ -7,6 +7,7 @@
 set -e
 name=$1; shift
 here=$(dirname "$0")
+mkdir -p runs/screen
 for s in 4 6; do
   out=runs/screen/${name}_s$s
   OMP_NUM_THREADS=1 python cebm.py --dataset mnist --data-dir ../shared/data --preset cpu-long --arch code \
