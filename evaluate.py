@@ -296,18 +296,27 @@ def parse_lists(args):
 
 
 def load_runs(paths, device):
-    """Every run as a dict (path, model, cfg, iteration, seconds, label). The label is the model's name,
-    with the run's folder when several runs of one model share a dataset."""
-    runs = []
+    """Every run as a dict (path, model, cfg, iteration, seconds, label). The label is the model's name, with
+    the end of its path that tells it apart when several runs of one model share a dataset (tables, figures)."""
+    runs, groups = [], {}
     for path in paths:
         model, cfg, info = load_run(path, device)
         runs.append({"path": path, "model": model, "cfg": cfg, **info})
-    for r in runs:
-        name = NAMES.get(r["cfg"]["model"], r["cfg"]["model"])
-        many = sum(q["cfg"]["dataset"] == r["cfg"]["dataset"] and q["cfg"]["model"] == r["cfg"]["model"]
-                   for q in runs) > 1
-        r["label"] = f"{name} ({Path(r['path']).name})" if many else name
+        groups.setdefault((cfg["dataset"], cfg["model"]), []).append(runs[-1])
+    for same in groups.values():
+        for r, tail in zip(same, distinct_tails([r["path"] for r in same])):
+            name = NAMES.get(r["cfg"]["model"], r["cfg"]["model"])
+            r["label"] = f"{name} ({tail})" if len(same) > 1 else name
     return runs
+
+
+def distinct_tails(paths):
+    """The last k parts of each path, with the smallest k that tells them apart (run/best.pt, run2/best.pt)."""
+    parts = [Path(p).parts for p in paths]
+    k = 1
+    while k < max(map(len, parts)) and len({p[-k:] for p in parts}) < len(parts):
+        k += 1
+    return ["/".join(p[-k:]) for p in parts]
 
 
 def group_by_dataset(runs):

@@ -1111,6 +1111,22 @@ def test_exported_weights_load_sample_and_evaluate_like_the_run(tmp_path, capsys
     assert torch.equal(a[0].latent(x), b[0].latent(x)) and a[2] == b[2]
 
 
+def test_evaluated_models_of_one_kind_get_labels_that_tell_them_apart(tmp_path):
+    # Ten snapshots named it002500.pt or best.pt in ten run folders once gave ten rows called "CEBM (best.pt)",
+    # and the 1-NN figures, keyed by label, kept only the last of each name.
+    tails = evaluate.distinct_tails(["r/a/best.pt", "r/b/best.pt", "r/c/it1.pt"])
+    assert tails == ["a/best.pt", "b/best.pt", "c/it1.pt"]
+    assert evaluate.distinct_tails(["r/a/snap/it1.pt", "r/b/snap/it1.pt"]) == ["a/snap/it1.pt", "b/snap/it1.pt"]
+    assert evaluate.distinct_tails(["runs/x", "runs/y"]) == ["x", "y"]
+    cfg = tiny_cfg(tmp_path, "--iters", "1")
+    cebm.run_cebm(cfg)
+    paths = [str(tmp_path / d / "weights.pt") for d in ("s0", "s1")]
+    for p in paths:
+        cebm.main(["--export", p, "--out-dir", cfg.out_dir])
+    assert [r["label"] for r in evaluate.load_runs(paths, "cpu")] == ["CEBM (s0/weights.pt)", "CEBM (s1/weights.pt)"]
+    assert [r["label"] for r in evaluate.load_runs(paths[:1], "cpu")] == ["CEBM"]
+
+
 def test_local_launcher_runs_cells_in_parallel_evaluates_and_reports_a_failed_cell(tmp_path):
     pytest.importorskip("submitit")
     import subprocess
