@@ -385,6 +385,7 @@ def test_bound_streak_measures_stretches_at_the_l2_bound_with_the_reg_of_each_it
     assert bound_streak.streak(tmp_path, 0.9, 150) == (0, None, 800)  # -4.2 breaks it; -8.1 is not 90 % of -10
     assert bound_streak.streak(tmp_path / "missing", 0.8, 150) is None
 
+
 @pytest.mark.parametrize("model", ["vae", "bigan"])  # the IGEBM trains through the CEBM loop, tested above
 def test_probe_leaves_baseline_training_unchanged(tmp_path, model):
     runs = []
