@@ -311,12 +311,19 @@ def load_runs(paths, device):
 
 
 def distinct_tails(paths):
-    """The last k parts of each path, with the smallest k that tells them apart (run/best.pt, run2/best.pt)."""
+    """The last k parts of each path, with the smallest k that tells them apart (run/best.pt, run2/best.pt),
+    each reaching back to its run's folder: a file name or snapshots/ alone does not say which run it is."""
     parts = [Path(p).parts for p in paths]
     k = 1
     while k < max(map(len, parts)) and len({p[-k:] for p in parts}) < len(parts):
         k += 1
-    return ["/".join(p[-k:]) for p in parts]
+    return ["/".join(p[-_back_to_run(p, k):]) for p in parts]
+
+
+def _back_to_run(parts, k):
+    while k < len(parts) and (parts[-k] == "snapshots" or parts[-k].endswith(".pt")):
+        k += 1
+    return k
 
 
 def group_by_dataset(runs):

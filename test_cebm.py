@@ -1119,6 +1119,8 @@ def test_evaluated_models_of_one_kind_get_labels_that_tell_them_apart(tmp_path):
     assert tails == ["a/best.pt", "b/best.pt", "c/it1.pt"]
     assert evaluate.distinct_tails(["r/a/snap/it1.pt", "r/b/snap/it1.pt"]) == ["a/snap/it1.pt", "b/snap/it1.pt"]
     assert evaluate.distinct_tails(["runs/x", "runs/y"]) == ["x", "y"]
+    assert evaluate.distinct_tails(["r/a/snapshots/it1.pt", "r/a/snapshots/it2.pt", "r/b/best.pt"]) == \
+        ["a/snapshots/it1.pt", "a/snapshots/it2.pt", "b/best.pt"]
     cfg = tiny_cfg(tmp_path, "--iters", "1")
     cebm.run_cebm(cfg)
     paths = [str(tmp_path / d / "weights.pt") for d in ("s0", "s1")]
