@@ -238,9 +238,11 @@ def cebm_parser():
     g.add_argument("--gmm-latent", default="mean", choices=["mean", "map"],
                    help="latent(x) for --bias gmm: posterior mean E[z|x] over all components (default), "
                         "or the mean of the most probable component (the official code)")
-    g.add_argument("--gmm-prior", default="learned", choices=["learned", "fixed"],
-                   help="λ_l for --bias gmm: learned from means 0.31·N(0, 1) and σ in [1, 6] (default), or "
-                        "fixed at means ~ N(0, 1), σ = 1 (the official CEBM-GMM without --optimize_ib)")
+    g.add_argument("--gmm-prior", default="learned", choices=["learned", "learned-unit", "fixed"],
+                   help="λ_l for --bias gmm: learned from means 0.31·N(0, 1) and σ in [1, 6] (default), "
+                        "learned from the same means and σ = 1 (learned-unit: each component starts as the "
+                        "Gaussian bias, shifted), or fixed at means ~ N(0, 1), σ = 1 (the official CEBM-GMM "
+                        "without --optimize_ib)")
     g.add_argument("--act", default="silu", choices=["silu", "leakyrelu"],
                    help="encoder activation: silu (official code, smooth dE/dx for SGLD) or leakyrelu "
                         "(paper's Table 2)")
@@ -538,7 +540,7 @@ class GaussianCEBM(CEBM):
 
 class GMMCEBM(CEBM):
     """CEBM with a mixture-of-Gaussians bias over (y, z), uniform weights (Appendix A.2); λ_l learned
-    (prior="learned") or fixed at the official code's default (prior="fixed").
+    (prior="learned" or "learned-unit", which starts every σ at 1) or fixed at the official code's default (prior="fixed").
 
     As in the official code, all L components share the same t_θ(x); the paper's t_{θ,l,k}
     notation would allow one per component.
@@ -548,10 +550,13 @@ class GMMCEBM(CEBM):
                  arch="paper", prior="learned"):
         super().__init__(channels, image_size, latent_dim, act, arch)
         self.latent_mode = latent_mode
-        if prior == "learned":
+        if prior in ("learned", "learned-unit"):
             # The official GMM-VAE's initialisation: means near 0, standard deviations in [1, 6], learned.
+            # learned-unit starts every σ at 1: a wide component (σ = 6, precision 1/36) makes A(λ_l + t_θ(x))
+            # 36x more sensitive to t1 than the Gaussian bias, the direction in which GMM runs diverged.
             self.means = nn.Parameter(0.31 * torch.randn(components, latent_dim))
-            self.log_stds = nn.Parameter(torch.log(1 + 5 * torch.rand(components, latent_dim)))
+            log_stds = torch.log(1 + 5 * torch.rand(components, latent_dim))
+            self.log_stds = nn.Parameter(log_stds if prior == "learned" else torch.zeros_like(log_stds))
         else:
             # The official CEBM-GMM's default: means ~ N(0, 1), σ = 1, never learned (buffers, same keys).
             self.register_buffer("means", torch.randn(components, latent_dim))

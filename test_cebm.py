@@ -527,6 +527,20 @@ def test_gmm_fixed_prior_is_the_official_codes_and_never_moves(tmp_path):
     assert "means" in dict(learned.named_parameters())
 
 
+def test_gmm_learned_unit_prior_starts_at_sigma_one_and_is_learned(tmp_path):
+    def built(prior):
+        torch.manual_seed(0)
+        return cebm.build_model({"dataset": "digits", "bias": "gmm", "latent_dim": 4, "components": 3,
+                                 "act": "silu", "gmm_latent": "mean", "gmm_prior": prior})
+    wide, unit = built("learned"), built("learned-unit")
+    assert torch.equal(unit.means, wide.means)  # the same draw, only σ differs
+    assert torch.equal(unit.encoder.out.weight, wide.encoder.out.weight)
+    assert torch.all(unit.log_stds == 0) and torch.all(wide.log_stds > 0)
+    cebm.run_cebm(tiny_cfg(tmp_path, "--bias", "gmm", "--components", "3", "--gmm-prior", "learned-unit"))
+    trained, _ = cebm.load_model(tmp_path / "run" / "ckpt.pt")
+    assert trained.log_stds.shape == (3, 128) and trained.log_stds.abs().max() > 0  # σ moved: learned
+
+
 def test_divergence_stops_with_last_good_checkpoint_kept(tmp_path):
     cfg = tiny_cfg(tmp_path)
     model = cebm.build_model(cfg)
