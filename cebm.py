@@ -540,7 +540,8 @@ class GaussianCEBM(CEBM):
 
 class GMMCEBM(CEBM):
     """CEBM with a mixture-of-Gaussians bias over (y, z), uniform weights (Appendix A.2); λ_l learned
-    (prior="learned" or "learned-unit", which starts every σ at 1) or fixed at the official code's default (prior="fixed").
+    (prior="learned", or "learned-unit", which starts every σ at 1) or fixed at the official code's
+    default (prior="fixed").
 
     As in the official code, all L components share the same t_θ(x); the paper's t_{θ,l,k}
     notation would allow one per component.
