@@ -12,18 +12,18 @@ import os
 import sys
 
 import numpy as np
-import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 import cebm  # noqa: E402
 
 
 def readouts(model):
-    def map_latent(x):
-        post = model.posterior(x)
-        best = post["y_probs"].argmax(-1)
-        return post["mean"][torch.arange(len(best)), best]
-    return {"mean": model.latent, "map": map_latent, "t1": lambda x: model.statistics(x)[0],
+    def latent_as(mode):
+        def fn(x):
+            model.latent_mode = mode  # GMMCEBM.latent's own two readouts
+            return model.latent(x)
+        return fn
+    return {"mean": latent_as("mean"), "map": latent_as("map"), "t1": lambda x: model.statistics(x)[0],
             "y_probs": lambda x: model.posterior(x)["y_probs"]}
 
 
