@@ -90,7 +90,8 @@ RESUMABLE_CHANGES = {"iters", "device", "resume", "out_dir", "data_dir", "log_ev
 
 # Settings added after runs were saved without them, with the value those runs had.
 OLDER_DEFAULTS = {"arch": "paper", "gmm_prior": "learned", "adam_beta1": 0.9, "energy_reg_late": None,
-                  "energy_reg_from": 1500, "probe_draws": 3}
+                  "energy_reg_from": 1500, "probe_draws": 3, "trainer": "pcd", "gen_lr": 2e-4, "xi_lr": 1e-3,
+                  "entropy_weight": 1.0, "grad_penalty": 0.1, "is_samples": 20}
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -249,6 +250,22 @@ def cebm_parser():
     g.add_argument("--arch", default="paper", choices=["paper", "code"],
                    help="encoder widths: paper (Table 2: convs 64-64-32-32, FC 128 on 28x28) or code (the "
                         "official code's: 32-32-64-64, FC 256; 64-128-256-512, FC 1024 on 32x32)")
+    g = p.add_argument_group("VERA (--trainer vera: the official code's GMM-CEBM training, not the paper's)")
+    g.add_argument("--trainer", default="pcd", choices=["pcd", "vera"],
+                   help="pcd: persistent contrastive divergence with SGLD (the paper, Algorithm 1); vera: a "
+                        "generator q(x) trained to low energy and high entropy replaces the chains (Grathwohl et "
+                        "al. 2021; camera-ready train_vera.py, whose EBM runs at lr 5e-5, batch 128). The SGLD, "
+                        "buffer and energy L2 flags are then unused")
+    g.add_argument("--gen-lr", type=float, default=2e-4, help="VERA generator's Adam learning rate (the code's)")
+    g.add_argument("--xi-lr", type=float, default=1e-3,
+                   help="learning rate of VERA's proposal scale s (the code's MNIST/Fashion-MNIST script)")
+    g.add_argument("--entropy-weight", type=float, default=1.0,
+                   help="λ of the generator's loss E(x) - λ·H(q) (the code's lambda_ent). The code's continuous-"
+                        "Bernoulli branch flips the sign of its entropy gradient: -1 reproduces it (README)")
+    g.add_argument("--grad-penalty", type=float, default=0.1,
+                   help="γ of the EBM's penalty γ/2·||dE/dx_data||² on [0, 1] images (the code's gamma)")
+    g.add_argument("--is-samples", type=int, default=20,
+                   help="importance samples of the entropy-gradient estimate (the code's sample_size)")
     return p
 
 
@@ -270,7 +287,12 @@ def parse_args(parser, argv=None, model_name=None):
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if cfg.probe_every < 0 or cfg.warmup < 0 or cfg.lr_half_life < 0:
         parser.error("--probe-every, --warmup and --lr-half-life must be 0 (off) or more")
-    for name in ("lr", "gan_lr"):
+    if getattr(cfg, "is_samples", 1) < 1:
+        parser.error("--is-samples must be at least 1")
+    penalty = getattr(cfg, "grad_penalty", 0.0)
+    if not math.isfinite(getattr(cfg, "entropy_weight", 0.0)) or not (math.isfinite(penalty) and penalty >= 0):
+        parser.error("--entropy-weight must be a finite number and --grad-penalty a number >= 0")
+    for name in ("lr", "gan_lr", "gen_lr", "xi_lr"):
         value = getattr(cfg, name, None)
         if value is not None and not (math.isfinite(value) and value > 0):
             parser.error(f"--{name.replace('_', '-')} must be a positive number, not {value}")
@@ -771,9 +793,11 @@ def atomic_save(obj, path):
     os.replace(tmp, path)
 
 
-def save_checkpoint(path, model, optimizers, buffer, iteration, seconds, config, reached_paper=None, ema=None):
-    """Everything a run needs to continue exactly, written atomically."""
+def save_checkpoint(path, model, optimizers, buffer, iteration, seconds, config, reached_paper=None, ema=None,
+                    aux=None):
+    """Everything a run needs to continue exactly, written atomically (aux: VERA's generator)."""
     atomic_save({
+        "aux": None if aux is None else aux.state_dict(),
         "config": config, "iteration": iteration, "seconds": seconds, "reached_paper": reached_paper,
         "model": model.state_dict(), "ema": None if ema is None else ema.model.state_dict(),
         "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
@@ -874,7 +898,7 @@ def _trim_metrics(path, iteration):
     os.replace(tmp, path)
 
 
-def restore(cfg, ckpt_path, model, optimizers, buffer, ema=None):
+def restore(cfg, ckpt_path, model, optimizers, buffer, ema=None, aux=None):
     """Load a run's checkpoint into model, optimizers, buffer and weight average, and the RNG state, for --resume.
     Returns (iteration, training seconds, iteration the paper's row was reached or None)."""
     if not ckpt_path.exists():
@@ -888,6 +912,8 @@ def restore(cfg, ckpt_path, model, optimizers, buffer, ema=None):
     load_weights(model, ckpt["model"], ckpt_path)
     if ema is not None:
         load_weights(ema.model, ckpt["ema"], ckpt_path)
+    if aux is not None:
+        load_weights(aux, ckpt["aux"], ckpt_path)
     for name, opt in optimizers.items():
         opt.load_state_dict(ckpt["optimizers"][name])
     if buffer is not None:
@@ -928,12 +954,13 @@ def set_lr(cfg, optimizers, iteration):
             group["lr"] = group["initial_lr"] * lr_factor(cfg, iteration)
 
 
-def train(cfg, model, step, optimizers, buffer=None):
+def train(cfg, model, step, optimizers, buffer=None, aux=None):
     """The loop shared by every model: batches from the on-device training set, a metrics log,
     sample grids, atomic checkpoints, exact resume, and a stop with a clear message on divergence.
 
     step(x, it) runs iteration it on a batch x in [-1, 1] and returns (metrics: dict of 0-d tensors,
     images to show). Metrics stay on the device; they are read (one host sync) every log_every steps.
+    aux: a module trained beside the model (VERA's generator), checkpointed but not delivered.
     """
     device = torch.device(cfg.device)
     out = Path(cfg.out_dir)
@@ -941,7 +968,7 @@ def train(cfg, model, step, optimizers, buffer=None):
     images, labels = load_dataset(cfg.dataset, cfg.data_dir, train=True)  # before anything is written
     images = images.to(device)
     ema = WeightAverage(model, cfg.ema) if cfg.ema else None
-    start, seconds_before, reached_paper = restore(cfg, ckpt_path, model, optimizers, buffer, ema)
+    start, seconds_before, reached_paper = restore(cfg, ckpt_path, model, optimizers, buffer, ema, aux)
     delivered = ema.model if ema else model  # what the probe measures and best.pt holds
     done_why = stop_reason(cfg, start, seconds_before, reached_paper)
     if done_why:
@@ -960,7 +987,7 @@ def train(cfg, model, step, optimizers, buffer=None):
         return seconds_before + time.time() - t0 - probe_time
 
     def save(done):
-        save_checkpoint(ckpt_path, model, optimizers, buffer, done, elapsed(), config, reached_paper, ema)
+        save_checkpoint(ckpt_path, model, optimizers, buffer, done, elapsed(), config, reached_paper, ema, aux)
 
     def measure(done):
         nonlocal probe_time, reached_paper
@@ -1067,6 +1094,98 @@ def stop_reason(cfg, iteration, seconds, reached_paper):
     if cfg.stop_at_paper and reached_paper is not None:
         return f"the probe reached the paper's Table 1 row at iteration {reached_paper}"
     return None
+
+
+# --------------------------------------------------------------------------------------------------
+# 6b. VERA: how the official code trains its GMM-CEBM (not the paper's method; README "Differences")
+# --------------------------------------------------------------------------------------------------
+# The paper trains every CEBM by PCD (Sec. 2.1). The camera-ready code's train_cebm_gmm.sh trains the GMM-CEBM
+# with VERA (Grathwohl et al., 2021): a generator q(x) replaces the SGLD chains and is trained to have low
+# energy and high entropy. --trainer vera runs it with the same model, loop, probe and checkpoints as PCD.
+
+class VERAGenerator(nn.Module):
+    """q(x) = ∫ N(z; 0, I) CB(x; logits g(z)) dz on images in [0, 1] (CB: continuous Bernoulli), g a stack of
+    transposed convolutions from a 1x1 map with BatchNorm and ReLU (the official Generator_VERA_GAN and the
+    widths of its MNIST and CIFAR-10 scripts), and VERA's proposal ξ(z | z0) = N(z0, diag s²), s learned."""
+
+    def __init__(self, channels, image_size, latent_dim=128):
+        super().__init__()
+        if image_size == 28:  # 1 -> 2 -> 4 -> 7 -> 14 -> 28
+            widths, kernels, strides = (64, 64, 32, 32, channels), (4, 4, 3, 4, 4), (1, 2, 2, 2, 2)
+        else:                 # 1 -> 2 -> 4 -> 8 -> 16 -> 32
+            widths, kernels, strides = (512, 256, 128, 64, channels), (4,) * 5, (2,) * 5
+        layers, width_in = [], latent_dim
+        for i, (width, k, stride) in enumerate(zip(widths, kernels, strides)):
+            layers.append(nn.ConvTranspose2d(width_in, width, k, stride, padding=1))
+            if i < len(widths) - 1:
+                layers += [nn.BatchNorm2d(width), nn.ReLU()]
+            width_in = width
+        self.net = nn.Sequential(*layers)
+        self.latent_dim = latent_dim
+        self.xi_log_std = nn.Parameter(torch.full((latent_dim,), math.log(0.1)))  # the code's xee_init_sigma
+
+    def logits(self, z):
+        """g(z) for z [..., K] -> [..., C, H, W]."""
+        out = self.net(z.reshape(-1, self.latent_dim, 1, 1))
+        return out.reshape(*z.shape[:-1], *out.shape[1:])
+
+    def log_joint(self, x, z):
+        """log p(z) + log q(x | z), and the logits; z [..., B, K], x [B, C, H, W] -> [..., B]."""
+        logits = self.logits(z)
+        log_lik = torch.distributions.ContinuousBernoulli(logits=logits).log_prob(x).flatten(-3).sum(-1)
+        return log_lik - 0.5 * (z ** 2 + math.log(2 * math.pi)).sum(-1), logits
+
+
+def entropy_score(gen, x, z0, samples):
+    """∇_x log q(x) = E_{q(z|x)}[∇_x log q(x | z)], by self-normalised importance sampling from ξ(z | z0),
+    where z0 made x. For the continuous Bernoulli, ∇_x log CB(x; logits) = logits."""
+    std = gen.xi_log_std.exp()
+    z = z0 + std * torch.randn(samples, *z0.shape, device=z0.device, dtype=z0.dtype)  # [S, B, K]
+    log_xi = (-0.5 * ((z - z0) / std) ** 2 - gen.xi_log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+    log_joint, logits = gen.log_joint(x, z)
+    weights = torch.softmax(log_joint - log_xi, dim=0)  # over the S samples
+    return (weights[..., None, None, None] * logits).sum(0)
+
+
+def vera_step(cfg, model, gen, opt_ebm, opt_gen, opt_xi):
+    """One VERA iteration, in the order of the official train_vera.py, on images u in [0, 1]:
+    1. EBM: mean E(u_data) - mean E(u_gen) + γ/2 · mean ||∂E/∂u_data||², u_gen ~ q (no chains, no buffer);
+    2. ξ: one step up the ELBO  E_ξ[log p(z) + log q(u_gen | z)] + H(ξ)  around the z0 that made u_gen;
+    3. generator: down  mean E(u_gen) - λ·H(q), whose gradient through u_gen = u(z0) needs ∇_u log q(u)
+       (entropy_score): the surrogate  mean E(u_gen) + λ · score·u_gen  has the same gradient.
+    λ = --entropy-weight; the energy L2 (--energy-reg) is not used: γ = --grad-penalty stands in for it.
+    """
+    def energy(u):  # the CEBM reads images in [-1, 1]
+        return model.energy(2 * u - 1)
+    ebm_params, gen_params = list(model.parameters()), list(gen.net.parameters())
+
+    def step(x, it=0):
+        u_data = ((x + cfg.data_noise * torch.randn_like(x) + 1) / 2).requires_grad_(True)
+        z0 = torch.randn(len(x), gen.latent_dim, device=x.device, dtype=x.dtype)
+        u_gen = torch.distributions.ContinuousBernoulli(logits=gen.logits(z0)).rsample()
+        e_data, e_model = energy(u_data), energy(u_gen.detach())
+        grad, = torch.autograd.grad(e_data.sum(), u_data, create_graph=True)
+        loss = e_data.mean() - e_model.mean() + cfg.grad_penalty / 2 * grad.flatten(1).pow(2).sum(1).mean()
+        opt_ebm.zero_grad(set_to_none=True)
+        loss.backward(inputs=ebm_params)
+        opt_ebm.step()
+
+        z = z0 + gen.xi_log_std.exp() * torch.randn_like(z0)
+        elbo = gen.log_joint(u_gen.detach(), z)[0].mean() + gen.xi_log_std.sum()  # H(ξ) up to a constant
+        opt_xi.zero_grad(set_to_none=True)
+        (-elbo).backward(inputs=[gen.xi_log_std])
+        opt_xi.step()
+
+        with torch.no_grad():
+            score = entropy_score(gen, u_gen, z0, cfg.is_samples)
+        loss_gen = energy(u_gen).mean() + cfg.entropy_weight * (score * u_gen).flatten(1).sum(1).mean()
+        opt_gen.zero_grad(set_to_none=True)
+        loss_gen.backward(inputs=gen_params)
+        opt_gen.step()
+        metrics = {"E_data": e_data.mean().detach(), "E_model": e_model.mean().detach()}
+        metrics["E_diff"] = metrics["E_data"] - metrics["E_model"]
+        return metrics, 2 * u_gen.detach() - 1
+    return step
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1545,6 +1664,13 @@ def run_cebm(cfg):
         return
     channels, size, _ = DATASETS[cfg.dataset]
     model = build_model(cfg).to(device, memory_format=memory_format(cfg))
+    if cfg.trainer == "vera":  # the official code's Adam betas (0, 0.9) for the EBM and the generator
+        gen = VERAGenerator(channels, size, cfg.latent_dim).to(device)
+        optimizers = {"ebm": torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.0, 0.9)),
+                      "gen": torch.optim.Adam(gen.net.parameters(), lr=cfg.gen_lr, betas=(0.0, 0.9)),
+                      "xi": torch.optim.Adam([gen.xi_log_std], lr=cfg.xi_lr)}
+        train(cfg, model, vera_step(cfg, model, gen, *optimizers.values()), optimizers, aux=gen)
+        return
     optimizer = make_adam(cfg, model.parameters())
     buffer = ReplayBuffer(cfg.buffer_size, (channels, size, size), device, cfg.reinit)
     step = pcd_step(cfg, model, optimizer, buffer, make_sampler(cfg, model))

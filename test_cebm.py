@@ -13,10 +13,12 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 
 import baselines
 import cebm
@@ -539,6 +541,92 @@ def test_gmm_learned_unit_prior_starts_at_sigma_one_and_is_learned(tmp_path):
     cebm.run_cebm(tiny_cfg(tmp_path, "--bias", "gmm", "--components", "3", "--gmm-prior", "learned-unit"))
     trained, _ = cebm.load_model(tmp_path / "run" / "ckpt.pt")
     assert trained.log_stds.shape == (3, 128) and trained.log_stds.abs().max() > 0  # σ moved: learned
+
+
+class OnePixelGenerator(cebm.VERAGenerator):
+    """q(u) = ∫ N(z; 0, 1) CB(u; logits 2z - 0.5) dz: one latent, one pixel, for checking VERA by quadrature."""
+
+    def __init__(self):
+        nn.Module.__init__(self)
+        self.latent_dim = 1
+        self.xi_log_std = nn.Parameter(torch.zeros(1))  # ξ(z | z0) = N(z0, 1)
+
+    def logits(self, z):
+        return (2 * z - 0.5)[..., None, None]  # [..., 1] -> [..., 1, 1, 1]
+
+
+def test_vera_entropy_score_is_the_gradient_of_log_q_by_quadrature():
+    gen = OnePixelGenerator().double()
+    z = torch.linspace(-9, 9, 20001, dtype=torch.float64)
+
+    def log_q(u):  # log ∫ N(z) CB(u; 2z - 0.5) dz on the grid
+        log_cb = torch.distributions.ContinuousBernoulli(logits=2 * z - 0.5).log_prob(u)
+        return torch.logsumexp(log_cb - 0.5 * z ** 2, 0) - 0.5 * math.log(2 * math.pi) + math.log(z[1] - z[0])
+    u = torch.tensor([0.1, 0.5, 0.93], dtype=torch.float64)
+    exact = torch.stack([(log_q(v + 1e-5) - log_q(v - 1e-5)) / 2e-5 for v in u])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        estimate = cebm.entropy_score(gen, u.view(3, 1, 1, 1), torch.zeros(3, 1, dtype=torch.float64), 200_000)
+    assert estimate.flatten().tolist() == pytest.approx(exact.tolist(), abs=0.03)
+
+
+def test_vera_generator_step_raises_the_entropy_of_q():
+    """With a flat energy the generator's loss is -λ·H(q): one step must raise H, and --entropy-weight -1 (the
+    official code's continuous-Bernoulli sign) must lower it."""
+    z = torch.linspace(-9, 9, 4001, dtype=torch.float64)
+    u = torch.linspace(0.0005, 0.9995, 1000, dtype=torch.float64)
+
+    def entropy(gen):  # H(q) = -∫ q log q on [0, 1], q by quadrature over z
+        with torch.no_grad():
+            logits = gen.logits(z[:, None]).flatten()[:, None]
+            log_cb = torch.distributions.ContinuousBernoulli(logits=logits).log_prob(u)
+            dz = (z[1] - z[0]).item()
+            log_q = torch.logsumexp(log_cb - 0.5 * z[:, None] ** 2, 0) + math.log(dz / math.sqrt(2 * math.pi))
+            return -(log_q.exp() * log_q).mean().item()
+
+    class Flat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.unused = nn.Parameter(torch.zeros(1, dtype=torch.float64))
+
+        def energy(self, x):
+            return 0 * x.flatten(1).sum(1) + 0 * self.unused
+    changes = []
+    for weight in (1.0, -1.0):
+        torch.manual_seed(0)
+        gen = cebm.VERAGenerator(1, 28, 1)
+        gen.net = nn.Sequential(nn.Flatten(), nn.Linear(1, 1), nn.Unflatten(1, (1, 1, 1)))
+        gen.net[1].weight.data.fill_(2.0)
+        gen.net[1].bias.data.fill_(-0.5)
+        gen = gen.double()
+        before = entropy(gen)
+        cfg = SimpleNamespace(data_noise=0.0, grad_penalty=0.0, entropy_weight=weight, is_samples=50)
+        flat = Flat()
+        opts = [torch.optim.SGD(params, lr=0.05)
+                for params in (flat.parameters(), gen.net.parameters(), [gen.xi_log_std])]
+        step = cebm.vera_step(cfg, flat, gen, *opts)
+        step(torch.zeros(512, 1, 1, 1, dtype=torch.float64))
+        changes.append(entropy(gen) - before)
+    assert changes[0] > 0 > changes[1]
+
+
+def test_vera_trains_a_cebm_that_resumes_exactly_and_exports_without_its_generator(tmp_path):
+    flags = ["--trainer", "vera", "--bias", "gmm", "--components", "3", "--gmm-prior", "fixed"]
+    whole = tiny_cfg(tmp_path / "a", *flags)
+    cebm.run_cebm(whole)
+    cebm.run_cebm(tiny_cfg(tmp_path / "b", *flags, "--iters", "3"))  # "killed" after its iteration-3 checkpoint
+    cebm.run_cebm(tiny_cfg(tmp_path / "b", *flags, "--resume"))
+    a, b = cebm.load_checkpoint(whole.out_dir), cebm.load_checkpoint(tmp_path / "b" / "run")
+    assert b["iteration"] == 6 and a["buffer"] is None and set(a["optimizers"]) == {"ebm", "gen", "xi"}
+    for part in ("model", "aux"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    assert a["aux"]["xi_log_std"].ne(math.log(0.1)).any()  # the proposal's scale is learned
+    model, config = cebm.load_model(whole.out_dir)
+    assert isinstance(model, cebm.GMMCEBM) and config["trainer"] == "vera"
+    cebm.export_weights(whole.out_dir, tmp_path / "w.pt")
+    exported = torch.load(tmp_path / "w.pt", weights_only=True)
+    assert "aux" not in exported and exported["model"].keys() == a["model"].keys()
 
 
 def test_divergence_stops_with_last_good_checkpoint_kept(tmp_path):
