@@ -11,7 +11,7 @@ so the posterior is conjugate, p(z | x) = p(z | λ + t_θ(x)), and the marginal 
 trained by persistent contrastive divergence with SGLD (Eq. 1-2, Appendix D/E).
 
 Read top to bottom: config/CLI -> data -> encoder -> conjugate biases -> SGLD sampler and replay buffer
--> PCD training -> sampling -> benchmark -> main.
+-> PCD training (and VERA, the official code's alternative for the GMM-CEBM) -> sampling -> benchmark -> main.
 
     python cebm.py --dataset mnist --bias gaussian             # the paper's settings (GPU, days)
     python cebm.py --dataset mnist --preset cpu                # minutes on a laptop CPU
@@ -254,8 +254,8 @@ def cebm_parser():
     g.add_argument("--trainer", default="pcd", choices=["pcd", "vera"],
                    help="pcd: persistent contrastive divergence with SGLD (the paper, Algorithm 1); vera: a "
                         "generator q(x) trained to low energy and high entropy replaces the chains (Grathwohl et "
-                        "al. 2021; camera-ready train_vera.py, whose EBM runs at lr 5e-5, batch 128). The SGLD, "
-                        "buffer and energy L2 flags are then unused")
+                        "al. 2021; camera-ready train_vera.py, whose EBM runs at lr 5e-5, batch 128, with no energy "
+                        "L2: give --energy-reg 0 for it). The SGLD and buffer flags are then unused")
     g.add_argument("--gen-lr", type=float, default=2e-4, help="VERA generator's Adam learning rate (the code's)")
     g.add_argument("--xi-lr", type=float, default=1e-3,
                    help="learning rate of VERA's proposal scale s (the code's MNIST/Fashion-MNIST script)")
@@ -1153,7 +1153,8 @@ def vera_step(cfg, model, gen, opt_ebm, opt_gen, opt_xi):
     2. ξ: one step up the ELBO  E_ξ[log p(z) + log q(u_gen | z)] + H(ξ)  around the z0 that made u_gen;
     3. generator: down  mean E(u_gen) - λ·H(q), whose gradient through u_gen = u(z0) needs ∇_u log q(u)
        (entropy_score): the surrogate  mean E(u_gen) + λ · score·u_gen  has the same gradient.
-    λ = --entropy-weight; the energy L2 (--energy-reg) is not used: γ = --grad-penalty stands in for it.
+    λ = --entropy-weight, γ = --grad-penalty. The code has no energy L2; --energy-reg R > 0 adds PCD's
+    R·(mean E_data² + mean E_gen²), which keeps the energies' level from drifting (VERA fixes only differences).
     """
     def energy(u):  # the CEBM reads images in [-1, 1]
         return model.energy(2 * u - 1)
@@ -1166,6 +1167,7 @@ def vera_step(cfg, model, gen, opt_ebm, opt_gen, opt_xi):
         e_data, e_model = energy(u_data), energy(u_gen.detach())
         grad, = torch.autograd.grad(e_data.sum(), u_data, create_graph=True)
         loss = e_data.mean() - e_model.mean() + cfg.grad_penalty / 2 * grad.flatten(1).pow(2).sum(1).mean()
+        loss = loss + energy_reg_at(cfg, it) * (e_data.pow(2).mean() + e_model.pow(2).mean())
         opt_ebm.zero_grad(set_to_none=True)
         loss.backward(inputs=ebm_params)
         opt_ebm.step()

@@ -600,7 +600,8 @@ def test_vera_generator_step_raises_the_entropy_of_q():
         gen.net[1].bias.data.fill_(-0.5)
         gen = gen.double()
         before = entropy(gen)
-        cfg = SimpleNamespace(data_noise=0.0, grad_penalty=0.0, entropy_weight=weight, is_samples=50)
+        cfg = SimpleNamespace(data_noise=0.0, grad_penalty=0.0, energy_reg=0.0, energy_reg_late=None,
+                              entropy_weight=weight, is_samples=50)
         flat = Flat()
         opts = [torch.optim.SGD(params, lr=0.05)
                 for params in (flat.parameters(), gen.net.parameters(), [gen.xi_log_std])]
@@ -622,6 +623,9 @@ def test_vera_trains_a_cebm_that_resumes_exactly_and_exports_without_its_generat
         for k in a[part]:
             assert torch.equal(a[part][k], b[part][k]), (part, k)
     assert a["aux"]["xi_log_std"].ne(math.log(0.1)).any()  # the proposal's scale is learned
+    cebm.run_cebm(tiny_cfg(tmp_path / "c", *flags, "--energy-reg", "0"))  # the code's VERA: no energy L2
+    c = cebm.load_checkpoint(tmp_path / "c" / "run")
+    assert not torch.equal(c["model"]["encoder.out.weight"], a["model"]["encoder.out.weight"])
     model, config = cebm.load_model(whole.out_dir)
     assert isinstance(model, cebm.GMMCEBM) and config["trainer"] == "vera"
     cebm.export_weights(whole.out_dir, tmp_path / "w.pt")
