@@ -255,7 +255,8 @@ def cebm_parser():
                    help="pcd: persistent contrastive divergence with SGLD (the paper, Algorithm 1); vera: a "
                         "generator q(x) trained to low energy and high entropy replaces the chains (Grathwohl et "
                         "al. 2021; camera-ready train_vera.py, whose EBM runs at lr 5e-5, batch 128, with no energy "
-                        "L2: give --energy-reg 0 for it). The SGLD and buffer flags are then unused")
+                        "L2: give --energy-reg 0 for it). The SGLD, buffer and --adam-beta1 flags are then unused "
+                        "(Adam betas (0, 0.9), the code's)")
     g.add_argument("--gen-lr", type=float, default=2e-4, help="VERA generator's Adam learning rate (the code's)")
     g.add_argument("--xi-lr", type=float, default=1e-3,
                    help="learning rate of VERA's proposal scale s (the code's MNIST/Fashion-MNIST script)")

@@ -418,6 +418,13 @@ def hardware():
     return platform.processor() or platform.machine()
 
 
+def sgld_steps(cfg):
+    """The runs table's 'SGLD steps': the PCD-trained energy models' steps, 'VERA' (no chains) or '-'."""
+    if cfg.get("trainer", "pcd") == "vera":
+        return "VERA (none)"
+    return cfg["sgld_steps"] if cfg["model"] == "igebm" or cfg["model"].startswith("cebm") else "-"
+
+
 def write_report(path, args, runs, sections, notes, shots, seconds, device):
     cmd = args.command or "python evaluate.py " + " ".join(sys.argv[1:])
     lines = ["# CEBM benchmark report", "",
@@ -444,8 +451,7 @@ def write_report(path, args, runs, sections, notes, shots, seconds, device):
                       [[f"`{r['path']}`", r["label"], r["cfg"]["dataset"], r["cfg"].get("preset", ""),
                         "code (--arch code)" if r["cfg"].get("arch") == "code" else "Table 2",
                         r["iteration"], r["cfg"]["batch_size"],
-                        r["cfg"]["sgld_steps"] if r["cfg"]["model"] in ("igebm",) or r["cfg"]["model"].startswith("cebm")
-                        else "-", f"{r['seconds'] / 60:.1f} min", r["cfg"]["device"],
+                        sgld_steps(r["cfg"]), f"{r['seconds'] / 60:.1f} min", r["cfg"]["device"],
                         "eager" if r["cfg"].get("eager") else "fast"] for r in runs])]
     for sec in sections:
         name = DATASET_NAMES.get(sec["dataset"], sec["dataset"])

@@ -628,6 +628,8 @@ def test_vera_trains_a_cebm_that_resumes_exactly_and_exports_without_its_generat
     assert not torch.equal(c["model"]["encoder.out.weight"], a["model"]["encoder.out.weight"])
     model, config = cebm.load_model(whole.out_dir)
     assert isinstance(model, cebm.GMMCEBM) and config["trainer"] == "vera"
+    assert evaluate.sgld_steps(config) == "VERA (none)"  # the report does not claim chains it never ran
+    assert evaluate.sgld_steps(cebm.load_checkpoint(tmp_path / "b" / "run")["config"] | {"trainer": "pcd"}) == 3
     cebm.export_weights(whole.out_dir, tmp_path / "w.pt")
     exported = torch.load(tmp_path / "w.pt", weights_only=True)
     assert "aux" not in exported and exported["model"].keys() == a["model"].keys()
