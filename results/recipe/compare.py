@@ -35,14 +35,14 @@ def main(folders, out=Path(__file__).parent / "compare", x="minutes"):
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(out.with_suffix(".png"), dpi=110)
+    fig.savefig(out.parent / (out.name + ".png"), dpi=110)
     lines = ["| run | iterations | training min | " + " | ".join(f"{k} last (best)" for k in keys) + " |",
              "|---|---|---|" + "---|" * len(keys)]
     for name, rows in runs.items():
         last = rows[-1]
         cells = [f"{last.get(k, float('nan')):.1f} ({max(r.get(k, 0) for r in rows):.1f})" for k in keys]
         lines.append(f"| {name} | {last['iteration']:.0f} | {last['seconds'] / 60:.1f} | " + " | ".join(cells) + " |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    (out.parent / (out.name + ".md")).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
