@@ -371,6 +371,26 @@ def test_reprobe_with_the_probes_draws_repeats_probe_csv(tmp_path, monkeypatch):
     assert not out.with_suffix(".probe").exists()  # its scratch folder is removed
 
 
+def test_swa_averages_the_window_s_snapshots_into_a_weights_file(tmp_path, monkeypatch, capsys):
+    """results/recipe/swa.py: the saved average is the mean of the window's snapshot weights, and loads."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("swa", Path(__file__).parent / "results/recipe/swa.py")
+    swa = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(swa)
+    cfg = tiny_cfg(tmp_path, "--probe-every", "2", "--probe-n", "300", "--snapshots", "--iters", "4")
+    cebm.run_cebm(cfg)
+    out = tmp_path / "avg.pt"
+    monkeypatch.setattr(sys, "argv", ["swa.py", cfg.out_dir, "--windows", "2-2,2-4", "--draws", "2", "--save", str(out)])
+    swa.main()
+    snaps = [cebm.load_checkpoint(Path(cfg.out_dir) / "snapshots" / f"it00000{i}.pt")["model"] for i in (2, 4)]
+    model, _ = cebm.load_model(out)
+    assert all(torch.allclose(v, (snaps[0][k] + snaps[1][k]) / 2) for k, v in model.state_dict().items())
+    assert any(not torch.equal(snaps[0][k], snaps[1][k]) for k in snaps[0])  # the two snapshots differ
+    rows = [[c.strip() for c in line.strip("|").split("|")]
+            for line in capsys.readouterr().out.splitlines() if line.startswith("| 2")]
+    assert [r[1] for r in rows] == ["1", "2"]  # snapshots per window
+    assert rows[0][2] == rows[0][3]  # an average of one snapshot is that snapshot
+
 def test_bound_streak_measures_stretches_at_the_l2_bound_with_the_reg_of_each_iteration(tmp_path):
     """results/recipe/bound_streak.py: the bound is -1/reg with the reg the run had at that iteration."""
     import importlib.util
