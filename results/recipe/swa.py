@@ -6,7 +6,8 @@ averaged weights, so this widens the average's window) for N in [start, end]. Ea
 measured with the probe's few-shot part (same validation subset and labelled pool as the run's probe, the
 paper's protocol, --draws seeded draws), beside the window's last snapshot measured the same way. Only
 training images are read; no test image. --save writes the average of the last window as a weights file
-that evaluate.py and --sample accept.
+that evaluate.py and --sample accept. --gmm-latent map measures a GMM-CEBM with the official code's latent
+(the mean of the most probable component) instead of the run's own.
 
     python results/recipe/swa.py runs/recipe/<run> --windows 1000-2500,1500-2500 --draws 10 \
         --data-dir ../shared/data [--save <weights.pt>]
@@ -32,7 +33,7 @@ def average_states(paths):
 
 
 def measure(probe, config, state, iteration):
-    model = cebm.build_model(config)
+    model = cebm.build_model(config)  # config["gmm_latent"] may be overridden by --gmm-latent
     cebm.load_weights(model, state, "average")
     row = probe(model.eval(), iteration, 0.0)
     return [row.get(k, float("nan")) for k in ("acc1", "acc10", "acc100")]  # no 100 labels on small sets
@@ -52,12 +53,13 @@ def main():
     p.add_argument("--draws", type=int, default=10)
     p.add_argument("--data-dir", default="./data")
     p.add_argument("--save", help="write the last window's average here as a weights file")
+    p.add_argument("--gmm-latent", choices=["mean", "map"], help="measure a GMM-CEBM with this latent(x) instead")
     args = p.parse_args()
     snaps = {int(s.stem[2:]): s for s in (Path(args.run) / "snapshots").glob("it*.pt")}
     if not snaps:
         sys.exit(f"error: no snapshots/it<N>.pt in {args.run} (train with --snapshots)")
     first = cebm.load_checkpoint(snaps[min(snaps)])
-    config = first["config"]
+    config = {**first["config"], **({"gmm_latent": args.gmm_latent} if args.gmm_latent else {})}
     scratch = Path("/tmp") / f"swa_{Path(args.run).name}.probe"
     scratch.mkdir(parents=True, exist_ok=True)
     probe = make_probe(config, args.data_dir, args.draws, scratch)
