@@ -390,6 +390,12 @@ def test_swa_averages_the_window_s_snapshots_into_a_weights_file(tmp_path, monke
             for line in capsys.readouterr().out.splitlines() if line.startswith("| 2")]
     assert [r[1] for r in rows] == ["1", "2"]  # snapshots per window
     assert rows[0][2] == rows[0][3]  # an average of one snapshot is that snapshot
+    for bad in ("2", "7-9"):  # malformed, or no snapshot inside: one line, exit, nothing written
+        monkeypatch.setattr(sys, "argv", ["swa.py", cfg.out_dir, "--windows", f"2-4,{bad}", "--save", str(out) + "x"])
+        with pytest.raises(SystemExit, match="error: "):
+            swa.main()
+    assert not Path(str(out) + "x").exists()
+
 
 def test_bound_streak_measures_stretches_at_the_l2_bound_with_the_reg_of_each_iteration(tmp_path):
     """results/recipe/bound_streak.py: the bound is -1/reg with the reg the run had at that iteration."""

@@ -14,6 +14,7 @@ that evaluate.py and --sample accept. --gmm-latent map measures a GMM-CEBM with 
 """
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -39,11 +40,19 @@ def measure(probe, config, state, iteration):
     return [row.get(k, float("nan")) for k in ("acc1", "acc10", "acc100")]  # no 100 labels on small sets
 
 
-def parse_windows(text):
-    try:
-        return [tuple(int(v) for v in w.split("-")) for w in text.split(",")]
-    except ValueError:
-        sys.exit(f"error: --windows takes start-end pairs separated by commas, got {text!r}")
+def parse_windows(text, snaps):
+    """[(start, end)] -> the snapshot iterations of each window; one line and exit on a malformed or empty one."""
+    windows = []
+    for w in text.split(","):
+        try:
+            start, end = (int(v) for v in w.split("-"))
+        except ValueError:
+            sys.exit(f"error: --windows takes start-end pairs separated by commas, got {w!r}")
+        its = sorted(i for i in snaps if start <= i <= end)
+        if not its:
+            sys.exit(f"error: no snapshot in {start}-{end}")
+        windows.append(its)
+    return windows
 
 
 def main():
@@ -58,29 +67,23 @@ def main():
     snaps = {int(s.stem[2:]): s for s in (Path(args.run) / "snapshots").glob("it*.pt")}
     if not snaps:
         sys.exit(f"error: no snapshots/it<N>.pt in {args.run} (train with --snapshots)")
+    windows = parse_windows(args.windows, snaps)
     first = cebm.load_checkpoint(snaps[min(snaps)])
     config = {**first["config"], **({"gmm_latent": args.gmm_latent} if args.gmm_latent else {})}
-    scratch = Path("/tmp") / f"swa_{Path(args.run).name}.probe"
-    scratch.mkdir(parents=True, exist_ok=True)
-    probe = make_probe(config, args.data_dir, args.draws, scratch)
     print(f"{args.run}, {args.draws} draws; window: average 1 / 10 / 100 | its last snapshot")
     print("| window | snapshots | average, 1 / 10 / 100 | last snapshot alone |\n|---|---|---|---|")
-    for start, end in parse_windows(args.windows):
-        its = sorted(i for i in snaps if start <= i <= end)
-        if not its:
-            sys.exit(f"error: no snapshot in {start}-{end}")
-        avg = average_states([snaps[i] for i in its])
-        a = measure(probe, config, avg, its[-1])
-        b = measure(probe, config, cebm.delivered_weights(cebm.load_checkpoint(snaps[its[-1]])), its[-1])
-        print(f"| {its[0]}-{its[-1]} | {len(its)} | {a[0]:.1f} / {a[1]:.1f} / {a[2]:.1f} "
-              f"| {b[0]:.1f} / {b[1]:.1f} / {b[2]:.1f} |", flush=True)
+    with tempfile.TemporaryDirectory() as scratch:  # the probe appends its rows and plot there
+        probe = make_probe(config, args.data_dir, args.draws, scratch)
+        for its in windows:
+            avg = average_states([snaps[i] for i in its])
+            a = measure(probe, config, avg, its[-1])
+            b = measure(probe, config, cebm.delivered_weights(cebm.load_checkpoint(snaps[its[-1]])), its[-1])
+            print(f"| {its[0]}-{its[-1]} | {len(its)} | {a[0]:.1f} / {a[1]:.1f} / {a[2]:.1f} "
+                  f"| {b[0]:.1f} / {b[1]:.1f} / {b[2]:.1f} |", flush=True)
     if args.save:
         ckpt = cebm.load_checkpoint(snaps[its[-1]])
         cebm.atomic_save(cebm.weights_only(config, its[-1], ckpt["seconds"], avg), args.save)
         print(f"wrote {args.save}")
-    for f in scratch.iterdir():
-        f.unlink()
-    scratch.rmdir()
 
 
 if __name__ == "__main__":
