@@ -89,7 +89,7 @@ RESUMABLE_CHANGES = {"iters", "device", "resume", "out_dir", "data_dir", "log_ev
                      "probe_every", "probe_n", "snapshots"}
 
 # Settings added after runs were saved without them, with the value those runs had.
-OLDER_DEFAULTS = {"arch": "paper", "gmm_prior": "learned", "adam_beta1": 0.9, "energy_reg_late": None,
+OLDER_DEFAULTS = {"arch": "paper", "gmm_prior": "learned", "gmm_init_std": 1.0, "adam_beta1": 0.9, "energy_reg_late": None,
                   "energy_reg_from": 1500, "probe_draws": 3, "trainer": "pcd", "gen_lr": 2e-4, "xi_lr": 1e-3,
                   "entropy_weight": 1.0, "grad_penalty": 0.1, "is_samples": 20}
 
@@ -244,6 +244,9 @@ def cebm_parser():
                         "learned from the same means and σ = 1 (learned-unit: each component starts as the "
                         "Gaussian bias, shifted), or fixed at means ~ N(0, 1), σ = 1 (the official CEBM-GMM "
                         "without --optimize_ib)")
+    g.add_argument("--gmm-init-std", type=float, default=1.0,
+                   help="the σ every component starts at with --gmm-prior learned-unit; a wider prior is a "
+                        "larger latent z for the same p(x) (see GMMCEBM)")
     g.add_argument("--act", default="silu", choices=["silu", "leakyrelu"],
                    help="encoder activation: silu (official code, smooth dE/dx for SGLD) or leakyrelu "
                         "(paper's Table 2)")
@@ -302,6 +305,11 @@ def parse_args(parser, argv=None, model_name=None):
         value = getattr(cfg, name)
         if value is not None and not (math.isfinite(value) and value >= 0):
             parser.error(f"--{name.replace('_', '-')} must be a number >= 0, not {value}")
+    init_std = getattr(cfg, "gmm_init_std", 1.0)
+    if not (math.isfinite(init_std) and init_std > 0):
+        parser.error(f"--gmm-init-std must be a positive number, not {init_std}")
+    if init_std != 1.0 and getattr(cfg, "gmm_prior", None) != "learned-unit":
+        parser.error("--gmm-init-std applies to --bias gmm --gmm-prior learned-unit only")
     if not 0 <= cfg.adam_beta1 < 1:
         parser.error(f"--adam-beta1 is a decay between 0 and 1 (exclusive), not {cfg.adam_beta1}")
     if not 0 <= cfg.ema < 1:
@@ -563,7 +571,7 @@ class GaussianCEBM(CEBM):
 
 class GMMCEBM(CEBM):
     """CEBM with a mixture-of-Gaussians bias over (y, z), uniform weights (Appendix A.2); λ_l learned
-    (prior="learned", or "learned-unit", which starts every σ at 1) or fixed at the official code's
+    (prior="learned", or "learned-unit", which starts every σ at init_std, default 1) or fixed at the official code's
     default (prior="fixed").
 
     As in the official code, all L components share the same t_θ(x); the paper's t_{θ,l,k}
@@ -571,7 +579,7 @@ class GMMCEBM(CEBM):
     """
 
     def __init__(self, channels, image_size, latent_dim=128, components=50, act="silu", latent_mode="mean",
-                 arch="paper", prior="learned"):
+                 arch="paper", prior="learned", init_std=1.0):
         super().__init__(channels, image_size, latent_dim, act, arch)
         self.latent_mode = latent_mode
         if prior in ("learned", "learned-unit"):
@@ -580,7 +588,10 @@ class GMMCEBM(CEBM):
             # 36x more sensitive to t1 than the Gaussian bias, the direction in which GMM runs diverged.
             self.means = nn.Parameter(0.31 * torch.randn(components, latent_dim))
             log_stds = torch.log(1 + 5 * torch.rand(components, latent_dim))
-            self.log_stds = nn.Parameter(log_stds if prior == "learned" else torch.zeros_like(log_stds))
+            # A σ = s prior is the σ = 1 model with z, t1 and t2 scaled by s, s and s²: the same p(x), a latent
+            # s times larger (which the paper's few-shot protocol, C = 1 on raw latents, regularises less).
+            unit = torch.full_like(log_stds, math.log(init_std))
+            self.log_stds = nn.Parameter(log_stds if prior == "learned" else unit)
         else:
             # The official CEBM-GMM's default: means ~ N(0, 1), σ = 1, never learned (buffers, same keys).
             self.register_buffer("means", torch.randn(components, latent_dim))
@@ -640,7 +651,8 @@ def build_model(cfg):
     arch = c.get("arch", OLDER_DEFAULTS["arch"])
     if c["bias"] == "gmm":
         return GMMCEBM(channels, size, c["latent_dim"], c["components"], c["act"], c["gmm_latent"], arch,
-                       c.get("gmm_prior", OLDER_DEFAULTS["gmm_prior"]))
+                       c.get("gmm_prior", OLDER_DEFAULTS["gmm_prior"]),
+                       c.get("gmm_init_std", OLDER_DEFAULTS["gmm_init_std"]))
     return GaussianCEBM(channels, size, c["latent_dim"], c["act"], arch)
 
 

@@ -569,6 +569,24 @@ def test_gmm_learned_unit_prior_starts_at_sigma_one_and_is_learned(tmp_path):
     assert trained.log_stds.shape == (3, 128) and trained.log_stds.abs().max() > 0  # σ moved: learned
 
 
+def test_a_wider_learned_unit_prior_is_the_same_density_with_a_larger_latent():
+    # Prior σ = s with statistics (t1 / s, t2 / s²) and means s·μ is the σ = 1 model in z / s: same E(x), latent x s.
+    def built(init_std):
+        torch.manual_seed(0)
+        return cebm.build_model({"dataset": "digits", "bias": "gmm", "latent_dim": 4, "components": 3, "act": "silu",
+                                 "gmm_latent": "mean", "gmm_prior": "learned-unit", "gmm_init_std": init_std})
+    s, unit, wide = 3.0, built(1.0), built(3.0)
+    assert torch.allclose(wide.log_stds.exp(), torch.full((3, 4), s)) and torch.equal(wide.means, unit.means)
+    with torch.no_grad():
+        wide.means.mul_(s)
+    t1, t2 = unit.statistics(torch.rand(5, 1, 28, 28) * 2 - 1)
+    unit.statistics = lambda x: (t1, t2)
+    wide.statistics = lambda x: (t1 / s, t2 / s ** 2)
+    with torch.no_grad():
+        assert torch.allclose(wide.energy(None), unit.energy(None), atol=1e-5)
+        assert torch.allclose(wide.latent(None), s * unit.latent(None), atol=1e-5)
+
+
 class OnePixelGenerator(cebm.VERAGenerator):
     """q(u) = ∫ N(z; 0, 1) CB(u; logits 2z - 0.5) dz: one latent, one pixel, for checking VERA by quadrature."""
 
@@ -849,6 +867,8 @@ def test_missing_data_offline_names_the_folder(tmp_path):
     ("cebm", ["--buffer-size", "10", "--batch-size", "64"], "--buffer-size (10) must be at least --batch-size"),
     ("cebm", ["--reinit", "1.5"], "--reinit is a fraction"),
     ("cebm", ["--sample-st", "5"], "unrecognized arguments: --sample-st"),
+    ("cebm", ["--bias", "gmm", "--gmm-init-std", "3"], "--gmm-init-std applies to --bias gmm --gmm-prior learned-unit"),
+    ("cebm", ["--gmm-prior", "learned-unit", "--gmm-init-std", "0"], "--gmm-init-std must be a positive number"),
     ("baselines", ["--model", "bigan", "--gan-lr", "-2"], "--gan-lr must be a positive number"),
     ("baselines", ["--model", "vae", "--benchmark"], "unrecognized arguments: --benchmark"),
     ("baselines", ["--model", "vae", "--sample-ev", "3"], "unrecognized arguments: --sample-ev"),
