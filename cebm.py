@@ -89,9 +89,9 @@ RESUMABLE_CHANGES = {"iters", "device", "resume", "out_dir", "data_dir", "log_ev
                      "probe_every", "probe_n", "snapshots"}
 
 # Settings added after runs were saved without them, with the value those runs had.
-OLDER_DEFAULTS = {"arch": "paper", "gmm_prior": "learned", "gmm_init_std": 1.0, "adam_beta1": 0.9, "energy_reg_late": None,
-                  "energy_reg_from": 1500, "probe_draws": 3, "trainer": "pcd", "gen_lr": 2e-4, "xi_lr": 1e-3,
-                  "entropy_weight": 1.0, "grad_penalty": 0.1, "is_samples": 20}
+OLDER_DEFAULTS = {"arch": "paper", "gmm_prior": "learned", "gmm_init_std": 1.0, "adam_beta1": 0.9,
+                  "energy_reg_late": None, "energy_reg_from": 1500, "probe_draws": 3, "trainer": "pcd",
+                  "gen_lr": 2e-4, "xi_lr": 1e-3, "entropy_weight": 1.0, "grad_penalty": 0.1, "is_samples": 20}
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -308,7 +308,7 @@ def parse_args(parser, argv=None, model_name=None):
     init_std = getattr(cfg, "gmm_init_std", 1.0)
     if not (math.isfinite(init_std) and init_std > 0):
         parser.error(f"--gmm-init-std must be a positive number, not {init_std}")
-    if init_std != 1.0 and getattr(cfg, "gmm_prior", None) != "learned-unit":
+    if init_std != 1.0 and (getattr(cfg, "bias", None), getattr(cfg, "gmm_prior", None)) != ("gmm", "learned-unit"):
         parser.error("--gmm-init-std applies to --bias gmm --gmm-prior learned-unit only")
     if not 0 <= cfg.adam_beta1 < 1:
         parser.error(f"--adam-beta1 is a decay between 0 and 1 (exclusive), not {cfg.adam_beta1}")
@@ -588,8 +588,8 @@ class GMMCEBM(CEBM):
             # 36x more sensitive to t1 than the Gaussian bias, the direction in which GMM runs diverged.
             self.means = nn.Parameter(0.31 * torch.randn(components, latent_dim))
             log_stds = torch.log(1 + 5 * torch.rand(components, latent_dim))
-            # A σ = s prior is the σ = 1 model with z, t1 and t2 scaled by s, s and s²: the same p(x), a latent
-            # s times larger (which the paper's few-shot protocol, C = 1 on raw latents, regularises less).
+            # With means s·μ and statistics (t1 / s, t2 / s²), a σ = s prior is the σ = 1 model in z / s: the same
+            # p(x), a latent s times larger (tested). The means are not rescaled here, so training differs.
             unit = torch.full_like(log_stds, math.log(init_std))
             self.log_stds = nn.Parameter(log_stds if prior == "learned" else unit)
         else:

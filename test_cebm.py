@@ -573,8 +573,9 @@ def test_a_wider_learned_unit_prior_is_the_same_density_with_a_larger_latent():
     # Prior σ = s with statistics (t1 / s, t2 / s²) and means s·μ is the σ = 1 model in z / s: same E(x), latent x s.
     def built(init_std):
         torch.manual_seed(0)
-        return cebm.build_model({"dataset": "digits", "bias": "gmm", "latent_dim": 4, "components": 3, "act": "silu",
-                                 "gmm_latent": "mean", "gmm_prior": "learned-unit", "gmm_init_std": init_std})
+        return cebm.build_model({"dataset": "digits", "bias": "gmm", "latent_dim": 4, "components": 3,
+                                 "act": "silu", "gmm_latent": "mean", "gmm_prior": "learned-unit",
+                                 "gmm_init_std": init_std})
     s, unit, wide = 3.0, built(1.0), built(3.0)
     assert torch.allclose(wide.log_stds.exp(), torch.full((3, 4), s)) and torch.equal(wide.means, unit.means)
     with torch.no_grad():
@@ -869,6 +870,7 @@ def test_missing_data_offline_names_the_folder(tmp_path):
     ("cebm", ["--sample-st", "5"], "unrecognized arguments: --sample-st"),
     ("cebm", ["--bias", "gmm", "--gmm-init-std", "3"], "--gmm-init-std applies to --bias gmm --gmm-prior learned-unit"),
     ("cebm", ["--gmm-prior", "learned-unit", "--gmm-init-std", "0"], "--gmm-init-std must be a positive number"),
+    ("cebm", ["--gmm-prior", "learned-unit", "--gmm-init-std", "2"], "--gmm-init-std applies to --bias gmm"),
     ("baselines", ["--model", "bigan", "--gan-lr", "-2"], "--gan-lr must be a positive number"),
     ("baselines", ["--model", "vae", "--benchmark"], "unrecognized arguments: --benchmark"),
     ("baselines", ["--model", "vae", "--sample-ev", "3"], "unrecognized arguments: --sample-ev"),
