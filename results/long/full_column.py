@@ -24,6 +24,7 @@ def main():
     p.add_argument("models", nargs="+", help="weights files (best.pt / weights.pt) of models of one dataset")
     p.add_argument("--data-dir", default="./data")
     p.add_argument("--out", required=True, help="markdown table to write")
+    p.add_argument("--digits", type=int, default=1, help="decimals of the accuracy (a cell at the paper's edge needs more)")
     args = p.parse_args()
     rows, data = [], {}
     for path in args.models:
@@ -36,7 +37,7 @@ def main():
         t0 = time.time()
         acc = cebm.few_shot(feats[0], y_tr.numpy(), feats[1], y_te.numpy(), {"full": [np.arange(len(y_tr))]})["full"][0]
         paper = cebm.PAPER_TABLE1.get(ds, {}).get(cfg["model"], ("",) * 4)[3]
-        rows.append(f"| `{path}` | {cfg['model']} | {ds} | {info['iteration']} | {100 * acc:.1f} | {paper} | "
+        rows.append(f"| `{path}` | {cfg['model']} | {ds} | {info['iteration']} | {100 * acc:.{args.digits}f} | {paper} | "
                     f"{time.time() - t0:.0f} s |")
         print(rows[-1], flush=True)
     header = ["| weights | model | dataset | iteration | ours, full (%) | paper, full | fit time |",
