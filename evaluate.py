@@ -44,6 +44,8 @@ def parse_args(argv=None):
     p.add_argument("--shots", default="1,10,100,full",
                    help="labelled examples per class; 'full' = all (default: 1,10,100,full)")
     p.add_argument("--draws", type=int, default=10, help="seeded random draws per few-shot setting (default: 10)")
+    p.add_argument("--digits", type=int, default=1,
+                   help="decimals of the few-shot accuracies (a cell at the paper's edge needs more; default: 1)")
     p.add_argument("--protocol", default="paper",
                    help="few-shot protocol(s), comma-separated: 'paper' (the official code: one-vs-rest "
                         "liblinear logistic regression on raw features) and/or 'standardized' (multinomial "
@@ -62,8 +64,8 @@ def parse_args(argv=None):
     unknown = set(filter(None, args.skip.split(","))) - set(PARTS)
     if unknown:
         p.error(f"--skip takes {', '.join(PARTS)}, not {', '.join(sorted(unknown))}")
-    if args.draws < 1 or args.ood_k < 1 or args.ood_n < 0:
-        p.error("--draws and --ood-k must be at least 1, --ood-n at least 0")
+    if args.draws < 1 or args.ood_k < 1 or args.ood_n < 0 or not 0 <= args.digits <= 6:
+        p.error("--draws and --ood-k must be at least 1, --ood-n at least 0, --digits 0 to 6")
     cebm.check_device(p, args.device)
     return args
 
@@ -190,8 +192,8 @@ def markdown(header, rows):
     return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows]) + "\n"
 
 
-def pct(accs):
-    return f"{100 * np.mean(accs):.1f} ± {100 * np.std(accs):.1f}"
+def pct(accs, digits=1):
+    return f"{100 * np.mean(accs):.{digits}f} ± {100 * np.std(accs):.{digits}f}"
 
 
 def plot_confusions(path, title, mats):
@@ -349,8 +351,8 @@ def fewshot_part(args, dataset, drs, feats, data, shots, protocols):
             paper = cebm.PAPER_TABLE1.get(dataset, {}).get(model)
             cells = [paper[["1", "10", "100", "full"].index(s)] if paper and protocol == "paper" and
                      s in ("1", "10", "100", "full") else "" for s in shots]
-            rows.append([label, protocol] + [pct(res[s]) for s in shots] + cells)
-            print(f"   few-shot {label} ({protocol}): " + ", ".join(f"{s}: {pct(res[s])}" for s in shots),
+            rows.append([label, protocol] + [pct(res[s], args.digits) for s in shots] + cells)
+            print(f"   few-shot {label} ({protocol}): " + ", ".join(f"{s}: {pct(res[s], args.digits)}" for s in shots),
                   file=sys.stderr)
     return rows
 

@@ -877,6 +877,7 @@ def test_missing_data_offline_names_the_folder(tmp_path):
     ("evaluate", ["run", "--skip", "fewshot,knnn"], "--skip takes fewshot, knn, ood, not knnn"),
     ("evaluate", ["run", "--draws", "0"], "--draws and --ood-k must be at least 1"),
     ("evaluate", ["run", "--device", "cuda:5"], "--device cuda:5"),
+    ("evaluate", ["run", "--digits", "9"], "--digits 0 to 6"),
 ])
 def test_bad_flags_are_one_line(capsys, tmp_path, script, argv, needle):
     if "cuda" in " ".join(argv) and torch.cuda.is_available():
@@ -888,6 +889,12 @@ def test_bad_flags_are_one_line(capsys, tmp_path, script, argv, needle):
     assert e.value.code == 2 and needle in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_pct_shows_the_asked_decimals():
+    # a mean at the paper's edge (79.96 against 80) must not print as 80.0 when asked for more
+    assert evaluate.pct([0.7991, 0.8001]) == "80.0 ± 0.1"
+    assert evaluate.pct([0.7991, 0.8001], 3) == "79.960 ± 0.050"
 
 
 def test_resume_without_a_run_says_so(tmp_path, capsys):
