@@ -8,6 +8,7 @@ import json
 import math
 import os
 import pickle
+import re
 import struct
 import sys
 import urllib.error
@@ -1137,12 +1138,13 @@ def test_evaluate_end_to_end_on_tiny_runs_of_every_model(tmp_path):
         runs.append(cfg.out_dir)
     out = tmp_path / "eval"
     evaluate.main(runs + ["--data-dir", str(tmp_path / "nodata"), "--out", str(out), "--draws", "2",
-                          "--shots", "1,10,full", "--ood-n", "40", "--ood-k", "3", "--device", "cpu"])
+                          "--shots", "1,10,full", "--ood-n", "40", "--ood-k", "3", "--device", "cpu", "--digits", "2"])
     for name in ("fewshot", "knn", "ood"):
         assert (out / f"{name}.csv").exists() and (out / f"{name}.md").exists()
     assert (out / "confusion_digits.png").exists() and (out / "neighbours_digits.png").exists()
     fewshot = list(csv.reader(open(out / "fewshot.csv")))
     assert [r[1] for r in fewshot[1:]] == ["pixels", "VAE", "GMM-VAE", "BiGAN", "IGEBM", "CEBM", "GMM-CEBM"]
+    assert all(re.fullmatch(r"\d+\.\d\d ± \d+\.\d\d", cell) for r in fewshot[1:] for cell in r[3:6])  # --digits 2
     ood = list(csv.reader(open(out / "ood.csv")))
     assert {r[1] for r in ood[1:]} == {"VAE", "GMM-VAE", "IGEBM", "CEBM", "GMM-CEBM"}  # BiGAN: no density
     assert {r[2] for r in ood[1:]} == {"constant", "noise"}
