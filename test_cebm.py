@@ -370,6 +370,14 @@ def test_reprobe_with_the_probes_draws_repeats_probe_csv(tmp_path, monkeypatch):
     probed = [{k: r[k] for k in keep} for r in cebm.read_metrics(Path(cfg.out_dir) / "probe.csv")]
     assert len(probed) == 3 and [{k: r[k] for k in keep} for r in cebm.read_metrics(out)] == probed
     assert not out.with_suffix(".probe").exists()  # its scratch folder is removed
+    # --from and --every thin the snapshots but keep the last; --probe-n sets the validation subset's size
+    monkeypatch.setattr(sys, "argv", ["reprobe.py", cfg.out_dir, "--draws", "3", "--out", str(out), "--from", "1",
+                                      "--every", "5"])
+    reprobe.main()
+    assert [{k: r[k] for k in keep} for r in cebm.read_metrics(out)] == probed[1:]  # 3 of 3, 6 (the last)
+    config = cebm.load_checkpoint(cfg.out_dir)["config"]
+    assert len(reprobe.make_probe(config, None, 3, tmp_path / "s", probe_n=400).val) == 400
+    assert len(reprobe.make_probe(config, None, 3, tmp_path / "s").val) == 300
 
 
 def test_swa_averages_the_window_s_snapshots_into_a_weights_file(tmp_path, monkeypatch, capsys):
