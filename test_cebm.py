@@ -370,11 +370,14 @@ def test_reprobe_with_the_probes_draws_repeats_probe_csv(tmp_path, monkeypatch):
     probed = [{k: r[k] for k in keep} for r in cebm.read_metrics(Path(cfg.out_dir) / "probe.csv")]
     assert len(probed) == 3 and [{k: r[k] for k in keep} for r in cebm.read_metrics(out)] == probed
     assert not out.with_suffix(".probe").exists()  # its scratch folder is removed
-    # --from and --every thin the snapshots but keep the last; --probe-n sets the validation subset's size
-    monkeypatch.setattr(sys, "argv", ["reprobe.py", cfg.out_dir, "--draws", "3", "--out", str(out), "--from", "1",
-                                      "--every", "5"])
-    reprobe.main()
-    assert [{k: r[k] for k in keep} for r in cebm.read_metrics(out)] == probed[1:]  # 3 of 3, 6 (the last)
+    # --from drops the earlier snapshots; --every thins them but keeps the last; --probe-n sets the subset's size
+    for flags, want in ((["--from", "1"], probed[1:]), (["--every", "5"], [probed[0], probed[2]])):
+        monkeypatch.setattr(sys, "argv", ["reprobe.py", cfg.out_dir, "--draws", "3", "--out", str(out), *flags])
+        reprobe.main()
+        assert [{k: r[k] for k in keep} for r in cebm.read_metrics(out)] == want
+    monkeypatch.setattr(sys, "argv", ["reprobe.py", cfg.out_dir, "--out", str(out), "--every", "0"])
+    with pytest.raises(SystemExit):
+        reprobe.main()
     config = cebm.load_checkpoint(cfg.out_dir)["config"]
     assert len(reprobe.make_probe(config, None, 3, tmp_path / "s", probe_n=400).val) == 400
     assert len(reprobe.make_probe(config, None, 3, tmp_path / "s").val) == 300

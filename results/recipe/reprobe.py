@@ -46,9 +46,11 @@ def main():
     p.add_argument("--from", dest="start", type=int, default=0, help="only snapshots from this iteration on")
     p.add_argument("--every", type=int, default=1, help="only every k-th of those snapshots (and the last)")
     args = p.parse_args()
+    if args.every < 1 or (args.probe_n is not None and args.probe_n < 1):
+        p.error("--every and --probe-n must be at least 1")
     snaps = sorted((Path(args.run) / "snapshots").glob("it*.pt"))
     snaps = [s for s in snaps if int(s.stem[2:]) >= args.start]
-    snaps = sorted(set(snaps[::max(1, args.every)] + snaps[-1:]))
+    snaps = sorted(set(snaps[::args.every] + snaps[-1:]))
     if not snaps:
         sys.exit(f"error: no snapshots/it<N>.pt from iteration {args.start} on in {args.run} (train with --snapshots)")
     config = cebm.load_checkpoint(snaps[0])["config"]
